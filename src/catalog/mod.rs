@@ -1,0 +1,432 @@
+//! The catalog: every tool the service can decide with, loaded from disk, compiled once and held
+//! immutably behind an `Arc` so every request shares it and a reload swaps it whole.
+//!
+//! Loading never stops at the first problem: it reports every one, each with file, line and
+//! column where the format gives them, and a catalog with any problem is not built at all.
+
+mod digest;
+mod tool;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rhai::module_resolvers::StaticModuleResolver;
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use digest::digest;
+pub use tool::{
+    Direction, NamedStage, OutcomeDecl, OverridePolicy, Stage, Tool, ToolMeta, ToolSource,
+};
+
+use crate::forms::Form;
+use crate::rules::{Limits, Sandbox};
+
+/// Folder of tool schemas under a catalog root.
+pub const SCHEMA_DIR: &str = "tool-schemas";
+/// Folder of rules scripts under a catalog root.
+pub const RULES_DIR: &str = "rules";
+
+/// One problem found while loading, located as precisely as the format allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl LoadError {
+    fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        LoadError {
+            file: file.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    fn at(mut self, line: Option<usize>, column: Option<usize>) -> Self {
+        self.line = line.filter(|l| *l > 0);
+        self.column = column.filter(|c| *c > 0);
+        self
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every tool, by id.
+#[derive(Debug)]
+pub struct Catalog {
+    tools: BTreeMap<String, Arc<Tool>>,
+    /// Ids whose files exist but did not load (only ever non-empty from `load_partial`).
+    broken: std::collections::BTreeSet<String>,
+    root: PathBuf,
+}
+
+impl Catalog {
+    /// Loads `root/tool-schemas` and `root/rules` with the default sandbox limits.
+    pub fn load(root: &Path) -> Result<Catalog, Vec<LoadError>> {
+        Self::load_with(root, Limits::default())
+    }
+
+    /// Loads the catalog under `root`, reporting every problem found. A catalog with any problem
+    /// is not built: serving some tools while others are silently missing would be wrong.
+    pub fn load_with(root: &Path, limits: Limits) -> Result<Catalog, Vec<LoadError>> {
+        let (catalog, errors) = Self::load_partial(root, limits);
+        if errors.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Loads every tool that loads cleanly and reports every problem with the rest: for `check`,
+    /// which should still run the cases of the tools that are fine. Never serve such a catalog.
+    pub fn load_partial(root: &Path, limits: Limits) -> (Catalog, Vec<LoadError>) {
+        let mut errors = Vec::new();
+        let sandbox = Arc::new(Sandbox::new(limits, StaticModuleResolver::new()));
+        let schema_dir = root.join(SCHEMA_DIR);
+        let rules_dir = root.join(RULES_DIR);
+        let schemas = stems(&schema_dir, "json", &mut errors);
+        let rules = stems(&rules_dir, "rhai", &mut errors);
+
+        let mut tools = BTreeMap::new();
+        let mut broken = std::collections::BTreeSet::new();
+        for (stem, schema_path) in &schemas {
+            let Some(rules_path) = rules.get(stem) else {
+                errors.push(LoadError::new(
+                    schema_path,
+                    format!(
+                        "the tool has no rules: expected {}",
+                        rules_dir.join(format!("{stem}.rhai")).display()
+                    ),
+                ));
+                continue;
+            };
+            match load_tool(stem, schema_path, rules_path, &sandbox) {
+                Ok(tool) => {
+                    tools.insert(stem.clone(), Arc::new(tool));
+                }
+                Err(mut e) => {
+                    broken.insert(stem.clone());
+                    errors.append(&mut e)
+                }
+            }
+        }
+        for (stem, rules_path) in &rules {
+            if !schemas.contains_key(stem) {
+                errors.push(LoadError::new(
+                    rules_path,
+                    format!(
+                        "the rules have no tool schema: expected {}",
+                        schema_dir.join(format!("{stem}.json")).display()
+                    ),
+                ));
+            }
+        }
+        let catalog = Catalog {
+            tools,
+            broken,
+            root: root.to_owned(),
+        };
+        (catalog, errors)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Tool>> {
+        self.tools.get(id)
+    }
+
+    /// Every tool, in id order.
+    pub fn tools(&self) -> impl Iterator<Item = &Arc<Tool>> {
+        self.tools.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Whether `id` has files that did not load.
+    pub fn failed_to_load(&self, id: &str) -> bool {
+        self.broken.contains(id)
+    }
+
+    /// The folder the catalog was loaded from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// `stem -> path` for every file with `extension` in `dir`; a missing folder is an empty one.
+fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            errors.push(LoadError::new(dir, format!("cannot read the folder: {e}")));
+            return out;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(extension) {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                out.insert(stem.to_owned(), path);
+            }
+        }
+    }
+    out
+}
+
+/// Only the `x-tool` block, parsed from the file's text so serde reports line and column.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "x-tool")]
+    x_tool: Option<ToolMeta>,
+}
+
+fn load_tool(
+    stem: &str,
+    schema_path: &Path,
+    rules_path: &Path,
+    sandbox: &Arc<Sandbox>,
+) -> Result<Tool, Vec<LoadError>> {
+    let mut errors = Vec::new();
+    let schema_text = read(schema_path, &mut errors);
+    let rules_source = read(rules_path, &mut errors);
+    let (Some(schema_text), Some(rules_source)) = (schema_text, rules_source) else {
+        return Err(errors);
+    };
+
+    let schema: Option<Value> = match serde_json::from_str(&schema_text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(
+                LoadError::new(
+                    schema_path,
+                    format!("not valid JSON: {}", serde_message(&e)),
+                )
+                .at(Some(e.line()), Some(e.column())),
+            );
+            None
+        }
+    };
+    let meta = match schema
+        .as_ref()
+        .map(|_| serde_json::from_str::<Head>(&schema_text))
+    {
+        Some(Ok(Head { x_tool: Some(meta) })) => Some(meta),
+        Some(Ok(Head { x_tool: None })) => {
+            errors.push(LoadError::new(
+                schema_path,
+                "the schema has no `x-tool` block (id, version, stage, outcomes, params)",
+            ));
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(
+                LoadError::new(schema_path, format!("in `x-tool`: {}", serde_message(&e)))
+                    .at(Some(e.line()), Some(e.column())),
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(meta) = &meta {
+        check_meta(meta, stem, schema_path, &mut errors);
+    }
+    let form = schema
+        .as_ref()
+        .and_then(|schema| match Form::compile(schema) {
+            Ok(form) => Some(form),
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| {
+                    let (line, column) = locate_pointer(&schema_text, &p.schema_path);
+                    LoadError::new(schema_path, format!("the form schema is invalid: {p}"))
+                        .at(line, column)
+                }));
+                None
+            }
+        });
+    let script = match sandbox.compile(&rules_source) {
+        Ok(script) => Some(script),
+        Err(e) => {
+            errors.push(LoadError::new(rules_path, e.message).at(e.line, e.column));
+            None
+        }
+    };
+
+    match (schema, meta, form, script) {
+        (Some(schema), Some(meta), Some(form), Some(script)) if errors.is_empty() => {
+            let title = schema
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or(&meta.id)
+                .to_owned();
+            let plugin_chain = Vec::new();
+            let digest = digest(&digest::snapshot(
+                &schema,
+                &rules_source,
+                &meta.params,
+                &plugin_chain,
+            ));
+            let levels = meta.outcomes.iter().map(|o| o.level.clone()).collect();
+            Ok(Tool {
+                params: Sandbox::to_dynamic(&meta.params),
+                levels,
+                title,
+                schema,
+                rules_source,
+                plugin_chain,
+                source: ToolSource::Core,
+                digest,
+                schema_path: schema_path.to_owned(),
+                rules_path: rules_path.to_owned(),
+                form,
+                script,
+                sandbox: Arc::clone(sandbox),
+                meta,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            errors.push(LoadError::new(path, format!("cannot read the file: {e}")));
+            None
+        }
+    }
+}
+
+/// serde_json's message without its own " at line L column C" suffix, which we report apart.
+fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// The rules of `x-tool` that its types alone cannot say.
+fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadError>) {
+    let mut problem = |message: String| errors.push(LoadError::new(path, message));
+    if meta.id != stem {
+        problem(format!(
+            "`x-tool.id` is {:?} but the file is named {stem:?}: the id, the schema's stem and the rules' stem must be the same",
+            meta.id
+        ));
+    }
+    if meta.version.trim().is_empty() {
+        problem("`x-tool.version` is empty".into());
+    }
+    if let Stage::Case(n) = meta.stage {
+        if n > 7 {
+            problem(format!(
+                "`x-tool.stage` is {n}: case stages run from 0 (front door) to 7 (close), or use \"any\" or \"org\""
+            ));
+        }
+    }
+    if meta.outcomes.is_empty() {
+        problem("`x-tool.outcomes` is empty: declare at least one level".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for o in &meta.outcomes {
+        if o.level.trim().is_empty() {
+            problem("an outcome has an empty `level`".into());
+        } else if !seen.insert(o.level.as_str()) {
+            problem(format!("the level {:?} is declared twice", o.level));
+        }
+    }
+    if !meta.params.is_object() {
+        problem("`x-tool.params` must be an object of named weights and cut-points".into());
+    }
+    if let Some(policy) = meta.override_policy {
+        if policy.max_steps == Some(0) {
+            problem("`x-tool.override.max_steps` is 0, which forbids every override; an override with a reason must always be possible".into());
+        }
+    }
+}
+
+/// Line and column of the value at JSON Pointer `pointer` in `text`, found by walking the
+/// document's tokens; `(None, None)` when it cannot be found. Only used for load reports.
+fn locate_pointer(text: &str, pointer: &str) -> (Option<usize>, Option<usize>) {
+    if pointer.is_empty() {
+        return (Some(1), Some(1));
+    }
+    let segments: Vec<String> = pointer
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let mut offset = 0usize;
+    let bytes = text.as_bytes();
+    for segment in &segments {
+        // Find `"segment"` followed by optional whitespace and a colon, after `offset`. Arrays
+        // are rare in schema paths; an index segment stops the search at its array.
+        let needle = format!("\"{segment}\"");
+        let mut from = offset;
+        loop {
+            let Some(found) = text[from..].find(&needle) else {
+                return line_column(text, offset);
+            };
+            let after = from + found + needle.len();
+            let rest = text[after..].trim_start();
+            if rest.starts_with(':') {
+                offset = after;
+                break;
+            }
+            from = after;
+            if from >= bytes.len() {
+                return line_column(text, offset);
+            }
+        }
+    }
+    line_column(text, offset)
+}
+
+fn line_column(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (Some(line), Some(column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pointer_is_located_in_the_text() {
+        let text = "{\n  \"properties\": {\n    \"a\": {\"type\": \"integr\"}\n  }\n}";
+        let (line, _) = locate_pointer(text, "/properties/a/type");
+        assert_eq!(line, Some(3));
+    }
+
+    #[test]
+    fn load_errors_read_as_file_line_column_message() {
+        let e = LoadError::new("rules/x.rhai", "boom").at(Some(3), Some(7));
+        assert_eq!(e.to_string(), "rules/x.rhai:3:7: boom");
+    }
+}

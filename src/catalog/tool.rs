@@ -1,0 +1,172 @@
+//! One loaded tool: its metadata (`x-tool`), compiled form, compiled rules and digest.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rhai::Dynamic;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::forms::Form;
+use crate::rules::{EvalError, Outcome, Sandbox, Script};
+
+/// The `x-tool` block of a tool schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolMeta {
+    /// The tool id; equal to both file stems.
+    pub id: String,
+    /// The human version label; the digest is the real version.
+    pub version: String,
+    /// Where the tool sits in the case journey.
+    pub stage: Stage,
+    /// The levels the tool may return, least to most serious.
+    pub outcomes: Vec<OutcomeDecl>,
+    /// Every weight and cut-point the rules use, so an agency can recalibrate without a rewrite.
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    /// Which overrides of the level are allowed.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_policy: Option<OverridePolicy>,
+    /// When a decision made with this tool is due for review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_after_days: Option<u32>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A stage of the case journey: 0 (front door) to 7 (close), or a tool usable at any stage, or
+/// one about the organisation rather than a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stage {
+    Case(u8),
+    Named(NamedStage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedStage {
+    Any,
+    Org,
+}
+
+/// A level a tool may return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeDecl {
+    pub level: String,
+    /// A short human name for the level.
+    pub label: String,
+    /// What the service response at this level is.
+    pub response: String,
+}
+
+/// Which way, and how far, a practitioner may override a tool's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverridePolicy {
+    #[serde(default)]
+    pub direction: Direction,
+    /// At most this many levels away from the tool's level; unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Only towards more serious levels.
+    Up,
+    /// Only towards less serious levels.
+    Down,
+    #[default]
+    Any,
+}
+
+/// Where a tool comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolSource {
+    Core,
+    /// Defined or last changed by this plugin.
+    Plugin(String),
+}
+
+impl std::fmt::Display for ToolSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolSource::Core => f.write_str("core"),
+            ToolSource::Plugin(name) => write!(f, "plugin:{name}"),
+        }
+    }
+}
+
+/// A loaded, compiled tool. Immutable: a changed tool is a new `Tool` with a new digest.
+#[derive(Debug)]
+pub struct Tool {
+    pub meta: ToolMeta,
+    /// The schema's `title`, or the id when it has none.
+    pub title: String,
+    /// The effective schema, `x-tool` included.
+    pub schema: Value,
+    /// The effective rules source.
+    pub rules_source: String,
+    /// The plugins that changed this tool, in the order they applied (empty for a core tool).
+    pub plugin_chain: Vec<Value>,
+    pub source: ToolSource,
+    /// `sha256:<hex>` of the canonical snapshot: the tool's real version.
+    pub digest: String,
+    /// Where the schema and rules were read from, for reports.
+    pub schema_path: PathBuf,
+    pub rules_path: PathBuf,
+    pub(crate) form: Form,
+    pub(crate) script: Script,
+    /// `params` converted once, at load time, rather than on every request.
+    pub(crate) params: Dynamic,
+    pub(crate) levels: Vec<String>,
+    pub(crate) sandbox: Arc<Sandbox>,
+}
+
+impl Tool {
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    /// The declared levels, least to most serious.
+    pub fn levels(&self) -> &[String] {
+        &self.levels
+    }
+
+    /// The position of `level` in the declared order, if it is declared.
+    pub fn level_rank(&self, level: &str) -> Option<usize> {
+        self.levels.iter().position(|l| l == level)
+    }
+
+    /// Validates `input` against the form and, if it is valid, decides.
+    pub fn evaluate(&self, input: &Value) -> Result<Outcome, EvalError> {
+        // The boolean check allocates nothing; the full list is built only for an invalid form.
+        if !self.form.is_valid(input) {
+            return Err(EvalError::InvalidForm(self.form.violations(input)));
+        }
+        self.sandbox
+            .decide(&self.script, input, &self.params, &self.levels)
+    }
+
+    /// Everything needed to re-run this exact version later: what the digest is computed over.
+    pub fn snapshot(&self) -> Value {
+        super::digest::snapshot(
+            &self.schema,
+            &self.rules_source,
+            &self.meta.params,
+            &self.plugin_chain,
+        )
+    }
+
+    /// The split-out steps of [`Tool::evaluate`], for the benchmark that times each.
+    #[doc(hidden)]
+    pub fn bench_parts(&self) -> (&Form, &Script, &Dynamic, &Sandbox) {
+        (&self.form, &self.script, &self.params, &self.sandbox)
+    }
+}

@@ -1,0 +1,165 @@
+//! Form validation: a tool's JSON Schema (draft 2020-12) compiled once, and every violation of a
+//! submitted form reported as `{path, message}` with `path` a JSON Pointer into the form.
+//!
+//! Schemas resolve `$ref` only inside their own document. The crate is built without its
+//! network and file features, and the validator is also given a retriever that refuses every
+//! external reference, so a form schema can never make the service fetch anything.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One way a submitted form breaks its schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// JSON Pointer to the offending value in the form (`""` for the form itself).
+    pub path: String,
+    /// What is wrong, in words a practitioner can act on.
+    pub message: String,
+}
+
+/// A compiled form schema.
+pub struct Form {
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Form")
+    }
+}
+
+/// Why a schema could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", if schema_path.is_empty() { String::new() } else { format!(" (at {schema_path})") })]
+pub struct SchemaError {
+    /// Where in the schema the problem is, as a JSON Pointer.
+    pub schema_path: String,
+    pub message: String,
+}
+
+/// Refuses every external `$ref`, naming it, so the load error says exactly what to fix.
+struct NoExternalRefs;
+
+impl jsonschema::Retrieve for NoExternalRefs {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        Err(format!(
+            "external reference {uri} is not allowed: a form schema may only use `$ref` inside its own document (\"#/$defs/...\")"
+        )
+        .into())
+    }
+}
+
+impl Form {
+    /// Compiles `schema` as draft 2020-12 (whatever its `$schema` says), checking it against the
+    /// meta-schema first so a tool owner hears about a misspelt keyword type, not a vague failure.
+    pub fn compile(schema: &Value) -> Result<Self, Vec<SchemaError>> {
+        if let Some(declared) = schema.get("$schema").and_then(Value::as_str) {
+            if !declared.contains("2020-12") {
+                return Err(vec![SchemaError {
+                    schema_path: "/$schema".into(),
+                    message: format!("`$schema` is {declared:?}; tools use draft 2020-12 (\"https://json-schema.org/draft/2020-12/schema\")"),
+                }]);
+            }
+        }
+        let meta_errors: Vec<SchemaError> = jsonschema::draft202012::meta::validator()
+            .iter_errors(schema)
+            .map(|e| SchemaError {
+                schema_path: e.instance_path().as_str().to_owned(),
+                message: e.to_string(),
+            })
+            .collect();
+        if !meta_errors.is_empty() {
+            return Err(meta_errors);
+        }
+        let validator = jsonschema::draft202012::options()
+            .with_retriever(NoExternalRefs)
+            .build(schema)
+            .map_err(|e| {
+                vec![SchemaError {
+                    schema_path: e.instance_path().as_str().to_owned(),
+                    message: e.to_string(),
+                }]
+            })?;
+        Ok(Form { validator })
+    }
+
+    /// Every violation of `input`, in document order; empty when the form is valid.
+    pub fn violations(&self, input: &Value) -> Vec<Violation> {
+        self.validator
+            .iter_errors(input)
+            .map(|e| Violation {
+                path: e.instance_path().as_str().to_owned(),
+                message: e.to_string(),
+            })
+            .collect()
+    }
+
+    /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
+    pub fn is_valid(&self, input: &Value) -> bool {
+        self.validator.is_valid(input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn form() -> Form {
+        Form::compile(&json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["age"],
+            "properties": {
+                "age": {"type": "integer", "minimum": 0},
+                "people": {"type": "array", "items": {"$ref": "#/$defs/person"}}
+            },
+            "$defs": {"person": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_its_pointer() {
+        let v = form().violations(&json!({"age": -1, "people": [{"name": "a"}, {}], "extra": 1}));
+        let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
+        assert!(paths.contains(&"/age"), "{v:?}");
+        assert!(paths.contains(&"/people/1"), "{v:?}");
+        assert!(paths.contains(&""), "{v:?}");
+        assert_eq!(v.len(), 3, "{v:?}");
+    }
+
+    #[test]
+    fn a_valid_form_has_no_violations() {
+        let f = form();
+        let input = json!({"age": 3, "people": [{"name": "a"}]});
+        assert!(f.violations(&input).is_empty());
+        assert!(f.is_valid(&input));
+    }
+
+    #[test]
+    fn external_references_are_refused() {
+        for reference in ["https://example.com/s.json", "file:///etc/passwd"] {
+            let err =
+                Form::compile(&json!({"properties": {"a": {"$ref": reference}}})).unwrap_err();
+            assert!(err[0].message.contains("not allowed"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_schema_that_breaks_the_meta_schema_names_the_place() {
+        let err = Form::compile(&json!({"properties": {"a": {"type": "integr"}}})).unwrap_err();
+        assert_eq!(err[0].schema_path, "/properties/a/type", "{err:?}");
+    }
+
+    #[test]
+    fn other_drafts_are_refused() {
+        let err = Form::compile(&json!({"$schema": "http://json-schema.org/draft-07/schema#"}))
+            .unwrap_err();
+        assert!(err[0].message.contains("2020-12"));
+    }
+}

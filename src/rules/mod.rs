@@ -1,0 +1,345 @@
+//! The rules sandbox: the only module that touches `rhai::Engine`.
+//!
+//! One engine is configured once per catalog with every bound set (Rhai's defaults for
+//! operations and sizes are unlimited), `eval` disabled, `print`/`debug` silenced and module
+//! imports served only from the catalog's own static resolver, never the file system. Each tool's
+//! script is compiled once into a self-contained AST; `decide(form, params)` is then called on that
+//! AST without re-running the script's top level, so a request pays only for the decision itself.
+//!
+//! What `decide` returns is checked against the outcome contract ([`outcome`]) before anyone
+//! sees it: a breach is an error of the tool, never a decision.
+
+mod convert;
+mod outcome;
+
+use std::sync::Arc;
+
+use rhai::module_resolvers::StaticModuleResolver;
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use serde_json::Value;
+
+pub use outcome::{Outcome, Reason};
+
+use crate::forms::Violation;
+
+/// The name of the function every rules script defines.
+pub const ENTRY_POINT: &str = "decide";
+
+/// The bounds every script runs within. The defaults leave a realistic tool two orders of
+/// magnitude of headroom while stopping a runaway script within a few milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rhai operations per call of `decide`; the real guard against infinite loops.
+    pub max_operations: u64,
+    /// Nested function calls, so unbounded recursion ends in an error, not a stack overflow.
+    pub max_call_levels: usize,
+    /// Expression nesting at top level and inside functions, checked when a script compiles.
+    pub max_expr_depth: usize,
+    pub max_function_expr_depth: usize,
+    /// Largest string, array and map a script may build (bytes / elements).
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Variables alive at once, and functions a script may define.
+    pub max_variables: usize,
+    pub max_functions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 200_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 64 * 1024,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_variables: 1_000,
+            max_functions: 256,
+        }
+    }
+}
+
+/// Why a decision could not be made. Each variant is a different kind of problem for a different
+/// person: the practitioner (an invalid form) or the tool owner (everything else).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The form breaks the tool's schema; nothing was decided.
+    #[error("the form is invalid ({} problem(s))", .0.len())]
+    InvalidForm(Vec<Violation>),
+    /// The script hit one of the sandbox's bounds.
+    #[error("the rules hit a sandbox limit: {what}{}", at(*.line, *.column))]
+    Limit {
+        what: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// The script raised an error (a type mismatch, a missing function, `throw`, ...).
+    #[error("the rules failed: {message}{}", at(*.line, *.column))]
+    Script {
+        message: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// The script returned something that breaks the outcome contract.
+    #[error("the rules broke the outcome contract: {}", .0.join("; "))]
+    Contract(Vec<String>),
+}
+
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+        (Some(l), None) => format!(" (line {l})"),
+        _ => String::new(),
+    }
+}
+
+/// A script that failed to compile, with where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+/// The configured engine plus the modules scripts may import.
+pub struct Sandbox {
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sandbox")
+    }
+}
+
+/// A compiled rules script.
+#[derive(Debug, Clone)]
+pub struct Script {
+    ast: Arc<AST>,
+}
+
+impl Sandbox {
+    /// An engine with every bound of `limits` set and imports served only by `modules`.
+    pub fn new(limits: Limits, modules: StaticModuleResolver) -> Self {
+        let mut engine = Engine::new();
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_levels)
+            .set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth)
+            .set_max_string_size(limits.max_string_size)
+            .set_max_array_size(limits.max_array_size)
+            .set_max_map_size(limits.max_map_size)
+            .set_max_variables(limits.max_variables)
+            .set_max_functions(limits.max_functions)
+            .set_max_modules(16)
+            // Undeclared variables are compile errors: a typo is caught by `check`, not by a
+            // practitioner's request.
+            .set_strict_variables(true)
+            .set_module_resolver(modules)
+            .on_print(|_| {})
+            .on_debug(|_, _, _| {});
+        // `eval` would run code that was never compiled, checked or digested.
+        engine.disable_symbol("eval");
+        Sandbox { engine }
+    }
+
+    /// A sandbox with default limits and nothing importable.
+    pub fn with_defaults() -> Self {
+        Self::new(Limits::default(), StaticModuleResolver::new())
+    }
+
+    /// Compiles `source`, resolving its imports now so the AST carries the exact modules it was
+    /// built with, and checks that it defines `decide(form, params)`.
+    pub fn compile(&self, source: &str) -> Result<Script, CompileError> {
+        let ast = self
+            .engine
+            .compile_into_self_contained(&Scope::new(), source)
+            .map_err(|e| {
+                let (line, column) = position(e.position());
+                CompileError {
+                    message: describe(&e),
+                    line,
+                    column,
+                }
+            })?;
+        if !ast
+            .iter_functions()
+            .any(|f| f.name == ENTRY_POINT && f.params.len() == 2)
+        {
+            return Err(CompileError {
+                message: format!("the script does not define `fn {ENTRY_POINT}(form, params)`"),
+                line: None,
+                column: None,
+            });
+        }
+        Ok(Script { ast: Arc::new(ast) })
+    }
+
+    /// Converts a JSON value (a tool's params) into the script's value type, once, at load time.
+    pub fn to_dynamic(value: &Value) -> Dynamic {
+        convert::to_dynamic(value)
+    }
+
+    /// Calls `decide(form, params)` and checks what it returns against the contract.
+    pub fn decide(
+        &self,
+        script: &Script,
+        form: &Value,
+        params: &Dynamic,
+        levels: &[impl AsRef<str>],
+    ) -> Result<Outcome, EvalError> {
+        let raw = self.call(script, convert::to_dynamic(form), params.clone())?;
+        Outcome::from_dynamic(raw, levels).map_err(EvalError::Contract)
+    }
+
+    /// Calls `decide` and returns its raw result: split out so benchmarks can time the script
+    /// alone.
+    pub fn call(
+        &self,
+        script: &Script,
+        form: Dynamic,
+        params: Dynamic,
+    ) -> Result<Dynamic, EvalError> {
+        // `eval_ast(false)`: the top level ran once when the script was compiled into a
+        // self-contained AST; re-running it per request would only cost time.
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        self.engine
+            .call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &script.ast,
+                ENTRY_POINT,
+                (form, params),
+            )
+            .map_err(|e| runtime_error(&e))
+    }
+
+    /// The JSON-to-Rhai conversion, exposed for the benchmark that splits evaluation time.
+    pub fn convert_form(form: &Value) -> Dynamic {
+        convert::to_dynamic(form)
+    }
+}
+
+fn position(p: Position) -> (Option<usize>, Option<usize>) {
+    (p.line(), p.position())
+}
+
+/// The message of an error without Rhai's trailing position, which is reported separately.
+fn describe(e: &EvalAltResult) -> String {
+    let text = e.to_string();
+    match text.rfind(" (line ") {
+        Some(i) if text.ends_with(')') => text[..i].to_owned(),
+        _ => text,
+    }
+}
+
+fn runtime_error(e: &EvalAltResult) -> EvalError {
+    let inner = e.unwrap_inner();
+    let (line, column) = position(inner.position());
+    let limit = match inner {
+        EvalAltResult::ErrorTooManyOperations(..) => {
+            Some("too many operations (is there a loop that never ends?)".to_owned())
+        }
+        EvalAltResult::ErrorStackOverflow(..) => Some(
+            "functions call each other too deeply (is there recursion that never ends?)".to_owned(),
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, ..) => Some(format!("{what} grew too large")),
+        EvalAltResult::ErrorTooManyVariables(..) => Some("too many variables".to_owned()),
+        EvalAltResult::ErrorTooManyModules(..) => Some("too many modules imported".to_owned()),
+        _ => None,
+    };
+    match limit {
+        Some(what) => EvalError::Limit { what, line, column },
+        None => EvalError::Script {
+            message: describe(inner),
+            line,
+            column,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LEVELS: &[&str] = &["low", "high"];
+
+    fn run(source: &str) -> Result<Outcome, EvalError> {
+        let sandbox = Sandbox::with_defaults();
+        let script = sandbox.compile(source).expect("compiles");
+        sandbox.decide(&script, &json!({"n": 3}), &Dynamic::UNIT, LEVELS)
+    }
+
+    #[test]
+    fn a_well_formed_decision_is_returned() {
+        let out = run(r#"fn decide(form, params) {
+            #{level: "high", score: form.n, recommendation: "Act", explanation: "We will help.",
+              reasons: [#{code: "A", text: "n", points: form.n}], flags: ["x"]}
+        }"#)
+        .unwrap();
+        assert_eq!(out.level, "high");
+        assert_eq!(out.flags, vec!["x"]);
+    }
+
+    #[test]
+    fn an_endless_loop_hits_the_operation_limit() {
+        let err = run("fn decide(form, params) { loop {} }").unwrap_err();
+        assert!(matches!(err, EvalError::Limit { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn eval_is_disabled() {
+        let err = Sandbox::with_defaults()
+            .compile(r#"fn decide(form, params) { eval("1") }"#)
+            .unwrap_err();
+        assert!(err.message.contains("eval"), "{err:?}");
+    }
+
+    #[test]
+    fn imports_from_the_file_system_are_refused() {
+        let err = Sandbox::with_defaults()
+            .compile(r#"import "/etc/passwd" as p; fn decide(form, params) { 1 }"#)
+            .unwrap_err();
+        assert!(err.message.to_lowercase().contains("module"), "{err:?}");
+    }
+
+    #[test]
+    fn a_script_without_decide_is_refused() {
+        let err = Sandbox::with_defaults()
+            .compile("fn other(a) { a }")
+            .unwrap_err();
+        assert!(err.message.contains("decide"));
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_position() {
+        let err = Sandbox::with_defaults()
+            .compile("fn decide(form, params) {\n  let x = ;\n}")
+            .unwrap_err();
+        assert_eq!(err.line, Some(2), "{err:?}");
+        assert!(err.column.is_some());
+    }
+
+    #[test]
+    fn an_undeclared_variable_is_a_compile_error() {
+        let err = Sandbox::with_defaults()
+            .compile("fn decide(form, params) { levle }")
+            .unwrap_err();
+        assert!(err.message.contains("levle"), "{err:?}");
+    }
+
+    #[test]
+    fn a_thrown_error_is_a_script_error_with_its_line() {
+        let err = run("fn decide(form, params) {\n  throw \"no\";\n}").unwrap_err();
+        match err {
+            EvalError::Script { message, line, .. } => {
+                assert!(message.contains("no"));
+                assert_eq!(line, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
