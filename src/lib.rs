@@ -14,12 +14,18 @@
 //! - [`check`]: `safeguard check`, which runs every tool's cases and reports coverage.
 //! - [`cli`]: the `safeguard` command line.
 
+pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod check;
 pub mod cli;
+pub mod config;
+pub mod decisions;
 pub mod forms;
 pub mod plain;
 pub mod rules;
+pub mod server;
+pub mod store;
 
 pub use catalog::{Catalog, LoadError, Tool, ToolMeta};
 pub use rules::{EvalError, Outcome, Reason};

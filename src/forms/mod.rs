@@ -5,11 +5,17 @@
 //! network and file features, and the validator is also given a retriever that refuses every
 //! external reference, so a form schema can never make the service fetch anything.
 
+use jsonschema::error::ValidationErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The JSON Pointer of field `name` of the object at `parent`.
+fn child(parent: &str, name: &str) -> String {
+    format!("{parent}/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
 /// One way a submitted form breaks its schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Violation {
     /// JSON Pointer to the offending value in the form (`""` for the form itself).
     pub path: String,
@@ -87,14 +93,35 @@ impl Form {
     }
 
     /// Every violation of `input`, in document order; empty when the form is valid.
+    ///
+    /// A missing required field and an unexpected field are reported at the field's own
+    /// pointer (the validator reports them at the parent object), so a form renderer can put the
+    /// message next to the field it is about.
     pub fn violations(&self, input: &Value) -> Vec<Violation> {
-        self.validator
-            .iter_errors(input)
-            .map(|e| Violation {
-                path: e.instance_path().as_str().to_owned(),
-                message: e.to_string(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for e in self.validator.iter_errors(input) {
+            let parent = e.instance_path().as_str();
+            match e.kind() {
+                ValidationErrorKind::Required {
+                    property: Value::String(name),
+                } => out.push(Violation {
+                    path: child(parent, name),
+                    message: format!("{name:?} is required"),
+                }),
+                ValidationErrorKind::AdditionalProperties { unexpected }
+                | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                    out.extend(unexpected.iter().map(|name| Violation {
+                        path: child(parent, name),
+                        message: format!("{name:?} is not a field of this form"),
+                    }))
+                }
+                _ => out.push(Violation {
+                    path: parent.to_owned(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        out
     }
 
     /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
@@ -128,8 +155,8 @@ mod tests {
         let v = form().violations(&json!({"age": -1, "people": [{"name": "a"}, {}], "extra": 1}));
         let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
         assert!(paths.contains(&"/age"), "{v:?}");
-        assert!(paths.contains(&"/people/1"), "{v:?}");
-        assert!(paths.contains(&""), "{v:?}");
+        assert!(paths.contains(&"/people/1/name"), "{v:?}");
+        assert!(paths.contains(&"/extra"), "{v:?}");
         assert_eq!(v.len(), 3, "{v:?}");
     }
 

@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 /// What a tool decided, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Outcome {
     /// One of the tool's declared levels.
     pub level: String,
     /// The scored total, where the tool scores; always the sum of the reasons' points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
     pub score: Option<Number>,
     /// What should happen next, for professionals.
     pub recommendation: String,
@@ -25,11 +26,12 @@ pub struct Outcome {
 }
 
 /// One item that moved a decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     /// A stable code, e.g. `HA-SEV`, so reasons can be counted across decisions.
     pub code: String,
     pub text: String,
+    #[schema(value_type = f64)]
     pub points: Number,
 }
 
@@ -94,7 +96,7 @@ impl Outcome {
                 let sum = reasons
                     .iter()
                     .map(|r| r.points.as_f64().unwrap_or(f64::NAN))
-                    .sum::<f64>();
+                    .fold(0.0, |a, b| a + b);
                 breaches.push(format!(
                     "`score` is {score} but the reasons' points add up to {sum}: a reader must be able to add it up"
                 ));

@@ -1,0 +1,393 @@
+//! Decision routes: submit, read, amend, override, approve. Writes that build on a revision
+//! carry it (`If-Match` with the ETag of the read, or `expected_revision`), so two people
+//! changing one decision cannot silently overwrite each other.
+
+use axum::extract::{Path, State};
+use axum::http::header::{ETAG, IF_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::{Caller, ANY, SUPERVISORS, WRITERS};
+use super::{ApiError, AppState, Json};
+use crate::rules::Reason;
+use crate::store::{Actor, Override, Revision, RevisionKind, ToolRef};
+
+/// A decision as of one revision.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionView {
+    pub id: String,
+    pub case: String,
+    pub revision: u32,
+    pub kind: RevisionKind,
+    pub tool: ToolRef,
+    /// The level in force: an approved override's, else the tool's.
+    pub level: String,
+    /// The level the tool decided.
+    pub tool_level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub score: Option<serde_json::Number>,
+    pub recommendation: String,
+    pub explanation: String,
+    pub reasons: Vec<Reason>,
+    pub flags: Vec<String>,
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<Override>,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub actor: Actor,
+    pub recorded_at: String,
+    /// Position in the global journal.
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<Revision> for DecisionView {
+    fn from(r: Revision) -> Self {
+        DecisionView {
+            level: r.effective_level().to_owned(),
+            id: r.decision_id,
+            case: r.case_id,
+            revision: r.revision,
+            kind: r.kind,
+            tool: r.tool,
+            tool_level: r.outcome.level,
+            score: r.outcome.score,
+            recommendation: r.outcome.recommendation,
+            explanation: r.outcome.explanation,
+            reasons: r.outcome.reasons,
+            flags: r.outcome.flags,
+            override_: r.override_,
+            input: r.input,
+            actor: r.actor,
+            recorded_at: r.recorded_at,
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }
+    }
+}
+
+fn etag(revision: u32) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).expect("a number is a valid header value")
+}
+
+/// A decision with its ETag.
+fn decision_response(status: StatusCode, revision: Revision) -> Response {
+    let tag = etag(revision.revision);
+    let location = format!("/v1/decisions/{}", revision.decision_id);
+    let mut response = (status, Json(DecisionView::from(revision))).into_response();
+    response.headers_mut().insert(ETAG, tag);
+    if status == StatusCode::CREATED {
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(LOCATION, location);
+        }
+    }
+    response
+}
+
+/// Ids are 1-128 characters of letters, digits and `.`, `_`, `:`, `-`: safe in URLs, logs and
+/// store keys.
+pub(super) fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            name,
+            format!("{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"),
+        ))
+    }
+}
+
+/// The revision a change builds on, from `If-Match` or the body; both must agree if both are
+/// given.
+fn expected_revision(headers: &HeaderMap, in_body: Option<u32>) -> Result<u32, ApiError> {
+    let from_header = match headers.get(IF_MATCH) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default().trim();
+            let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+            Some(text.parse::<u32>().map_err(|_| {
+                ApiError::invalid(
+                    "If-Match",
+                    "If-Match must be the ETag of a decision read, e.g. \"3\"",
+                )
+            })?)
+        }
+    };
+    match (from_header, in_body) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
+            "/expected_revision",
+            format!("If-Match says revision {h} but expected_revision says {b}"),
+        )),
+        (Some(r), _) | (None, Some(r)) => Ok(r),
+        (None, None) => Err(ApiError::RevisionRequired),
+    }
+}
+
+/// A completed form for a case.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The tool id.
+    pub tool: String,
+    /// The completed form.
+    #[schema(value_type = Object)]
+    pub input: Value,
+}
+
+/// Decide a form for a case and store the decision. A retry with the same `Idempotency-Key`
+/// returns the first decision, never a second one.
+#[utoipa::path(post, path = "/v1/cases/{case}/decisions", tag = "decisions", security(("bearer" = [])),
+    params(
+        ("case" = String, Path, description = "The case id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe"),
+    ),
+    request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "The decision, durable", body = DecisionView),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid form, a reused Idempotency-Key, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn decision_submit(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(case): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<SubmitRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    check_id("case", &case)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Idempotency-Key",
+                        "Idempotency-Key must be 1-255 visible ASCII characters",
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    let appended = state
+        .decisions
+        .submit(&case, &request.tool, request.input, caller.actor(), key)
+        .await?;
+    Ok(decision_response(StatusCode::CREATED, appended.revision))
+}
+
+/// The latest revision of every decision of a case.
+#[utoipa::path(get, path = "/v1/cases/{case}/decisions", tag = "cases", security(("bearer" = [])),
+    params(("case" = String, Path, description = "The case id")),
+    responses(
+        (status = 200, description = "The case's decisions, oldest first", body = Vec<DecisionView>),
+        (status = 400, description = "Malformed case id", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn case_decisions_list(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(case): Path<String>,
+) -> Result<Json<Vec<DecisionView>>, ApiError> {
+    caller.require(ANY)?;
+    check_id("case", &case)?;
+    let decisions = state.decisions.case_decisions(&case)?;
+    Ok(Json(
+        decisions.into_iter().map(DecisionView::from).collect(),
+    ))
+}
+
+/// The latest revision of a decision, with its ETag.
+#[utoipa::path(get, path = "/v1/decisions/{id}", tag = "decisions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The decision id")),
+    responses(
+        (status = 200, description = "The decision", body = DecisionView, headers(("ETag" = String, description = "The revision, for If-Match"))),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn decision_get(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(ANY)?;
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let latest = state.decisions.latest(&id)?;
+    Ok(decision_response(StatusCode::OK, latest))
+}
+
+/// Every revision of a decision, oldest first.
+#[utoipa::path(get, path = "/v1/decisions/{id}/revisions", tag = "decisions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The decision id")),
+    responses(
+        (status = 200, description = "The history", body = Vec<DecisionView>),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn revisions_list(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<DecisionView>>, ApiError> {
+    caller.require(ANY)?;
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let history = state.decisions.history(&id)?;
+    Ok(Json(history.into_iter().map(DecisionView::from).collect()))
+}
+
+/// New input for a decision.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmendRequest {
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// The revision this builds on, if not given as `If-Match`.
+    pub expected_revision: Option<u32>,
+}
+
+/// Amend a decision's input: it is re-evaluated with the tool version served now.
+#[utoipa::path(post, path = "/v1/decisions/{id}/revisions", tag = "decisions", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The decision id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag of the revision this builds on"),
+    ),
+    request_body = AmendRequest,
+    responses(
+        (status = 201, description = "The new revision, durable", body = DecisionView),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid form", body = super::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn decision_amend(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<AmendRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let expected = expected_revision(&headers, request.expected_revision)?;
+    let revision = state
+        .decisions
+        .amend(&id, request.input, expected, caller.actor())
+        .await?;
+    Ok(decision_response(StatusCode::CREATED, revision))
+}
+
+/// A practitioner's override of the level.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideRequest {
+    /// One of the tool's declared levels.
+    pub level: String,
+    /// Why: required, and kept with the decision for ever.
+    pub reason: String,
+    pub expected_revision: Option<u32>,
+}
+
+/// Override the level with a reason; it waits for a supervisor's approval.
+#[utoipa::path(post, path = "/v1/decisions/{id}/override", tag = "decisions", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The decision id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag of the revision this builds on"),
+    ),
+    request_body = OverrideRequest,
+    responses(
+        (status = 201, description = "The new revision, durable", body = DecisionView),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Level not declared, no reason, or outside the tool's override policy", body = super::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn decision_override(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<OverrideRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let expected = expected_revision(&headers, request.expected_revision)?;
+    let revision = state
+        .decisions
+        .override_level(
+            &id,
+            &request.level,
+            &request.reason,
+            expected,
+            caller.actor(),
+        )
+        .await?;
+    Ok(decision_response(StatusCode::CREATED, revision))
+}
+
+/// A supervisor's approval.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    pub expected_revision: Option<u32>,
+}
+
+/// Approve the pending override. The approver must not be the person who made it.
+#[utoipa::path(post, path = "/v1/decisions/{id}/approve", tag = "decisions", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The decision id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag of the revision this builds on"),
+    ),
+    request_body = ApproveRequest,
+    responses(
+        (status = 201, description = "The new revision, durable", body = DecisionView),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong role, or the approver made the override", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No pending override, or the decision has moved on", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn decision_approve(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<ApproveRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(SUPERVISORS)?;
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let expected = expected_revision(&headers, request.expected_revision)?;
+    let revision = state
+        .decisions
+        .approve(&id, expected, caller.actor())
+        .await?;
+    Ok(decision_response(StatusCode::CREATED, revision))
+}

@@ -1,0 +1,296 @@
+//! The one place errors become HTTP: every error the API can return is an [`ApiError`] variant,
+//! and [`ApiError::problem`] is the table that maps each to its RFC 9457 problem type, title and
+//! status. 5xx bodies say nothing internal; the cause is logged once, here.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::Role;
+use crate::decisions::DecisionError;
+use crate::forms::Violation;
+use crate::rules::EvalError;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every error the API returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a bearer token is required")]
+    Unauthorized,
+    #[error("this needs the role {}", roles(.0))]
+    Forbidden(&'static [Role]),
+    #[error("an override must be approved by someone other than the person who made it")]
+    FourEyes,
+    #[error("the form is invalid")]
+    InvalidForm(Vec<Violation>),
+    #[error("{message}")]
+    InvalidRequest { field: String, message: String },
+    #[error("the body must be JSON sent as `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error(
+        "the body is larger than the service accepts (see `body_limit_bytes`; 1 MiB by default)"
+    )]
+    PayloadTooLarge,
+    #[error("there is no tool {0:?}")]
+    UnknownTool(String),
+    #[error("there is no decision {0:?}")]
+    UnknownDecision(String),
+    #[error("there is nothing at this address")]
+    NotFound,
+    #[error("{message}")]
+    InvalidOverride { field: String, message: String },
+    #[error("{0}")]
+    NoPendingOverride(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("say which revision this change builds on: an `If-Match` header with the decision's ETag, or `expected_revision` in the body")]
+    RevisionRequired,
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("{0}")]
+    ScriptLimit(String),
+    #[error("the tool could not decide; the tool owner has the details in the service log")]
+    ToolFailed(String),
+    #[error("the service is not ready")]
+    Unavailable,
+    #[error("something went wrong on our side; it has been logged")]
+    Internal(String),
+}
+
+fn roles(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem; stable, so clients can branch on it.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The fields at fault, as JSON Pointers into the request body (or a parameter name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Violation>,
+}
+
+impl ApiError {
+    /// The table: variant -> (problem type, title, status).
+    fn problem(&self) -> (&'static str, &'static str, StatusCode) {
+        use ApiError::*;
+        match self {
+            Unauthorized => ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED),
+            Forbidden(_) => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
+            FourEyes => (
+                "four-eyes",
+                "Approval needs a second person",
+                StatusCode::FORBIDDEN,
+            ),
+            InvalidForm(_) => (
+                "invalid-form",
+                "The form is invalid",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            InvalidRequest { .. } => (
+                "invalid-request",
+                "The request is invalid",
+                StatusCode::BAD_REQUEST,
+            ),
+            UnsupportedMediaType => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            PayloadTooLarge => (
+                "payload-too-large",
+                "Payload too large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            UnknownTool(_) => ("unknown-tool", "Unknown tool", StatusCode::NOT_FOUND),
+            UnknownDecision(_) => (
+                "unknown-decision",
+                "Unknown decision",
+                StatusCode::NOT_FOUND,
+            ),
+            NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
+            InvalidOverride { .. } => (
+                "invalid-override",
+                "The override is not allowed",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            NoPendingOverride(_) => (
+                "no-pending-override",
+                "No override to approve",
+                StatusCode::CONFLICT,
+            ),
+            Conflict(_) => ("conflict", "The decision has changed", StatusCode::CONFLICT),
+            RevisionRequired => (
+                "revision-required",
+                "Revision required",
+                StatusCode::PRECONDITION_REQUIRED,
+            ),
+            IdempotencyMismatch => (
+                "idempotency-mismatch",
+                "Idempotency-Key reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ScriptLimit(_) => (
+                "script-limit",
+                "The rules hit a safety limit",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ToolFailed(_) => (
+                "tool-error",
+                "The tool failed",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            Unavailable => (
+                "unavailable",
+                "Service unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            Internal(_) => (
+                "internal",
+                "Internal error",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.problem().2
+    }
+
+    /// The problem document for this error.
+    pub fn to_problem(&self) -> Problem {
+        let (slug, title, status) = self.problem();
+        let errors = match self {
+            ApiError::InvalidForm(v) => v.clone(),
+            ApiError::InvalidRequest { field, message }
+            | ApiError::InvalidOverride { field, message } => {
+                vec![Violation {
+                    path: field.clone(),
+                    message: message.clone(),
+                }]
+            }
+            _ => Vec::new(),
+        };
+        Problem {
+            type_: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+        }
+    }
+
+    /// A request-body problem at `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::ToolFailed(cause) => tracing::error!(%cause, "a tool failed to decide"),
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            _ => {}
+        }
+        let problem = self.to_problem();
+        let mut response = (self.status(), axum::Json(problem)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::JsonSyntaxError(e) => ApiError::invalid(
+                "",
+                format!("the body is not valid JSON: {}", source_text(&e)),
+            ),
+            JsonRejection::JsonDataError(e) => {
+                let text = source_text(&e);
+                // serde_path_to_error writes "path.to.field: message"; name the field as a
+                // JSON Pointer so every error in the API points the same way.
+                let (path, message) = match text.split_once(": ") {
+                    Some((path, message)) if !path.contains(' ') && path != "." => {
+                        (format!("/{}", path.replace('.', "/")), message.to_owned())
+                    }
+                    _ => (String::new(), text),
+                };
+                ApiError::invalid(path, message)
+            }
+            JsonRejection::BytesRejection(e) => {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::invalid("", e.body_text())
+                }
+            }
+            other => ApiError::invalid("", other.body_text()),
+        }
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text
+}
+
+impl From<DecisionError> for ApiError {
+    fn from(e: DecisionError) -> Self {
+        match e {
+            DecisionError::UnknownTool(id) => ApiError::UnknownTool(id),
+            DecisionError::UnknownDecision(id) => ApiError::UnknownDecision(id),
+            DecisionError::Eval(e) => e.into(),
+            DecisionError::InvalidOverride { field, message } => ApiError::InvalidOverride {
+                field: field.to_owned(),
+                message,
+            },
+            e @ DecisionError::NoPendingOverride(_) => ApiError::NoPendingOverride(e.to_string()),
+            DecisionError::FourEyes => ApiError::FourEyes,
+            e @ DecisionError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            DecisionError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            DecisionError::Store(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<EvalError> for ApiError {
+    fn from(e: EvalError) -> Self {
+        match e {
+            EvalError::InvalidForm(v) => ApiError::InvalidForm(v),
+            e @ EvalError::Limit { .. } => ApiError::ScriptLimit(e.to_string()),
+            e @ (EvalError::Script { .. } | EvalError::Contract(_)) => {
+                ApiError::ToolFailed(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The HTTP API (v1): the only module that knows HTTP. Handlers are thin: extract, check the
+//! caller's role, call one function of the decision service, shape the answer.
+//!
+//! Every error goes through [`ApiError`] (one table maps each to an RFC 9457 problem); every
+//! route but health, readiness, metrics and the API description needs a bearer token.
+
+mod auth;
+mod cases;
+mod decisions;
+mod error;
+mod observe;
+mod ops;
+mod tools;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::Router;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use auth::Caller;
+pub use error::{ApiError, Problem, PROBLEM_JSON};
+pub use observe::metrics_handle;
+
+use crate::auth::Tokens;
+use crate::decisions::Decisions;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub decisions: Arc<Decisions>,
+    /// The accepted tokens; behind a lock so a token created at run time takes effect.
+    pub tokens: Arc<RwLock<Tokens>>,
+    /// False while starting and once shutdown has begun: `/readyz` says so to load balancers.
+    pub ready: Arc<AtomicBool>,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(decisions: Arc<Decisions>, tokens: Tokens, body_limit: usize) -> Self {
+        AppState {
+            decisions,
+            tokens: Arc::new(RwLock::new(tokens)),
+            ready: Arc::new(AtomicBool::new(true)),
+            body_limit,
+        }
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`], so a malformed body is a problem document
+/// that names the field like every other error.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "safeguard",
+        description = "Structured decision-making for child safeguarding: transparent, replicable, testable decisions, stored immutably and hash-chained.",
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(Problem)),
+    tags(
+        (name = "operations", description = "Health, readiness, metrics and this description"),
+        (name = "tools", description = "The catalog of assessment tools"),
+        (name = "decisions", description = "Decisions, their revisions, overrides and approvals"),
+        (name = "cases", description = "A case's decisions and journey"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and the OpenAPI description generated from them.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(tools::tools_list))
+        .routes(routes!(tools::tool_get))
+        .routes(routes!(tools::tool_evaluate))
+        .routes(routes!(
+            decisions::decision_submit,
+            decisions::case_decisions_list
+        ))
+        .routes(routes!(cases::case_journey))
+        .routes(routes!(decisions::decision_get))
+        .routes(routes!(
+            decisions::revisions_list,
+            decisions::decision_amend
+        ))
+        .routes(routes!(decisions::decision_override))
+        .routes(routes!(decisions::decision_approve))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 description of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole application, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = routes();
+    let openapi = Arc::new(
+        openapi
+            .to_pretty_json()
+            .expect("the API description serialises"),
+    );
+    router
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::Extension(ops::OpenApiJson(openapi)))
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting, lets the
+/// requests in flight finish and returns; the store flushes when the state is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let ready = Arc::clone(&state.ready);
+    let app = app(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await
+}

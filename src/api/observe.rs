@@ -1,0 +1,84 @@
+//! Observability for every request: one log line with a request id, and Prometheus metrics by
+//! route and status with a latency histogram.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide metrics recorder, installed on first use. Metrics are global in the
+/// `metrics` crate, so several servers in one process (as in the tests) share one.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&latency)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "safeguard_commit_batch_size".into(),
+                    ),
+                    &[
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                    ],
+                )
+            })
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert("x-request-id", value);
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let labels = [
+        ("route", route),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("safeguard_http_requests_total", &labels).increment(1);
+    metrics::histogram!("safeguard_http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = %request_id,
+        %method,
+        %path,
+        status,
+        micros = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,52 @@
+//! Liveness, readiness, metrics and the API description: the routes that need no token.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::Extension;
+
+use super::{ApiError, AppState};
+
+/// The API description, rendered once at start-up.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Arc<String>);
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the catalog is loaded, the store is open and shutdown has not begun.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = String),
+    (status = 503, description = "Not ready", body = super::Problem, content_type = "application/problem+json")
+))]
+pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.ready.load(Ordering::SeqCst) {
+        Ok("ready")
+    } else {
+        Err(ApiError::Unavailable)
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        super::metrics_handle().render(),
+    )
+}
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI description", content_type = "application/json", body = Object)))]
+pub async fn openapi(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "application/json")],
+        doc.0.as_str().to_owned(),
+    )
+}

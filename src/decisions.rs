@@ -1,0 +1,557 @@
+//! The decision service: what the API's write routes do, without HTTP. Submitting, amending,
+//! overriding and approving each evaluate or check what they must, then append one revision to
+//! the store and return it once it is durable.
+//!
+//! The catalog is held behind a lock only long enough to clone its `Arc`, so a reload swaps it
+//! whole and a request in flight finishes on the catalog it started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::catalog::{digest, Catalog, Direction, NamedStage, Stage, Tool, ToolMeta};
+use crate::rules::EvalError;
+use crate::store::{
+    Actor, Appended, Draft, IdempotencyKey, Override, OverrideStatus, Precondition, Revision,
+    RevisionKind, Store, StoreError, ToolRef,
+};
+
+/// Why a decision operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("there is no tool {0:?}")]
+    UnknownTool(String),
+    #[error("there is no decision {0:?}")]
+    UnknownDecision(String),
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    #[error("{message}")]
+    InvalidOverride {
+        field: &'static str,
+        message: String,
+    },
+    #[error("decision {0} has no override waiting for approval")]
+    NoPendingOverride(String),
+    #[error("an override must be approved by someone other than the person who made it")]
+    FourEyes,
+    #[error(
+        "decision {decision_id} is at revision {current}, not {expected}: reload it and try again"
+    )]
+    Conflict {
+        decision_id: String,
+        expected: u32,
+        current: u32,
+    },
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for DecisionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownDecision(id) => DecisionError::UnknownDecision(id),
+            StoreError::Conflict {
+                decision_id,
+                expected,
+                current,
+            } => DecisionError::Conflict {
+                decision_id,
+                expected,
+                current,
+            },
+            StoreError::IdempotencyMismatch => DecisionError::IdempotencyMismatch,
+            other => DecisionError::Store(other),
+        }
+    }
+}
+
+pub type DecisionResult<T> = Result<T, DecisionError>;
+
+/// The decision service, shared by every request.
+pub struct Decisions {
+    catalog: RwLock<Arc<Catalog>>,
+    store: Arc<dyn Store>,
+    /// `x-tool` of stored tool versions by digest, so override rules follow the version that
+    /// made the decision even after the files have changed.
+    metas: Mutex<HashMap<String, Arc<ToolMeta>>>,
+}
+
+impl Decisions {
+    pub fn new(catalog: Catalog, store: Arc<dyn Store>) -> Self {
+        Decisions {
+            catalog: RwLock::new(Arc::new(catalog)),
+            store,
+            metas: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The catalog in force now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().expect("catalog lock poisoned"))
+    }
+
+    /// Puts `catalog` in force for every request that starts from now on.
+    pub fn replace_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().expect("catalog lock poisoned") = Arc::new(catalog);
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn tool(&self, id: &str) -> DecisionResult<Arc<Tool>> {
+        self.catalog()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DecisionError::UnknownTool(id.to_owned()))
+    }
+
+    /// A dry run: validate and decide, store nothing.
+    pub fn evaluate(
+        &self,
+        tool_id: &str,
+        input: &Value,
+    ) -> DecisionResult<(Arc<Tool>, crate::rules::Outcome)> {
+        let tool = self.tool(tool_id)?;
+        let outcome = tool.evaluate(input)?;
+        Ok((tool, outcome))
+    }
+
+    /// Decides `input` with `tool_id` for `case_id` and stores the decision.
+    pub async fn submit(
+        &self,
+        case_id: &str,
+        tool_id: &str,
+        input: Value,
+        actor: Actor,
+        idempotency_key: Option<String>,
+    ) -> DecisionResult<Appended> {
+        let tool = self.tool(tool_id)?;
+        let outcome = tool.evaluate(&input)?;
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            subject: actor.subject.clone(),
+            key,
+            request_digest: digest(&json!({"case": case_id, "tool": tool_id, "input": input})),
+        });
+        let draft = Draft {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            kind: RevisionKind::Submitted,
+            case_id: case_id.to_owned(),
+            tool: tool_ref(&tool),
+            snapshot: tool.snapshot(),
+            input,
+            outcome,
+            override_: None,
+            actor,
+        };
+        let appended = self
+            .store
+            .append(draft, Precondition::New { idempotency })
+            .await?;
+        if !appended.replayed {
+            metrics::counter!("safeguard_decisions_total", "tool" => tool.id().to_owned(), "level" => appended.revision.outcome.level.clone()).increment(1);
+        }
+        Ok(appended)
+    }
+
+    /// Re-evaluates a decision with new input, using the tool version served now. An override of
+    /// the old result does not carry over: it was a judgement about a different outcome.
+    pub async fn amend(
+        &self,
+        decision_id: &str,
+        input: Value,
+        expected_revision: u32,
+        actor: Actor,
+    ) -> DecisionResult<Revision> {
+        let latest = self.latest(decision_id)?;
+        let tool = self.tool(&latest.tool.id)?;
+        let outcome = tool.evaluate(&input)?;
+        let draft = Draft {
+            decision_id: latest.decision_id,
+            kind: RevisionKind::Amended,
+            case_id: latest.case_id,
+            tool: tool_ref(&tool),
+            snapshot: tool.snapshot(),
+            input,
+            outcome,
+            override_: None,
+            actor,
+        };
+        self.next(draft, expected_revision).await
+    }
+
+    /// Overrides the tool's level with a reason; the override waits for a supervisor.
+    pub async fn override_level(
+        &self,
+        decision_id: &str,
+        level: &str,
+        reason: &str,
+        expected_revision: u32,
+        actor: Actor,
+    ) -> DecisionResult<Revision> {
+        let latest = self.latest(decision_id)?;
+        let meta = self.meta_of(&latest.tool)?;
+        check_override(&meta, &latest.outcome.level, level, reason)?;
+        let draft = Draft {
+            override_: Some(Override {
+                level: level.to_owned(),
+                reason: reason.trim().to_owned(),
+                by: actor.clone(),
+                status: OverrideStatus::Pending,
+                approved_by: None,
+            }),
+            kind: RevisionKind::Overridden,
+            ..carry_over(latest)
+        };
+        self.next(Draft { actor, ..draft }, expected_revision).await
+    }
+
+    /// Approves the pending override, by someone other than the person who made it.
+    pub async fn approve(
+        &self,
+        decision_id: &str,
+        expected_revision: u32,
+        actor: Actor,
+    ) -> DecisionResult<Revision> {
+        let latest = self.latest(decision_id)?;
+        let Some(pending) = latest
+            .override_
+            .clone()
+            .filter(|o| o.status == OverrideStatus::Pending)
+        else {
+            return Err(DecisionError::NoPendingOverride(decision_id.to_owned()));
+        };
+        if pending.by.subject == actor.subject {
+            return Err(DecisionError::FourEyes);
+        }
+        let draft = Draft {
+            override_: Some(Override {
+                status: OverrideStatus::Approved,
+                approved_by: Some(actor.clone()),
+                ..pending
+            }),
+            kind: RevisionKind::Approved,
+            ..carry_over(latest)
+        };
+        self.next(Draft { actor, ..draft }, expected_revision).await
+    }
+
+    pub fn latest(&self, decision_id: &str) -> DecisionResult<Revision> {
+        self.store
+            .latest(decision_id)?
+            .ok_or_else(|| DecisionError::UnknownDecision(decision_id.to_owned()))
+    }
+
+    pub fn history(&self, decision_id: &str) -> DecisionResult<Vec<Revision>> {
+        let history = self.store.history(decision_id)?;
+        if history.is_empty() {
+            return Err(DecisionError::UnknownDecision(decision_id.to_owned()));
+        }
+        Ok(history)
+    }
+
+    pub fn case_decisions(&self, case_id: &str) -> DecisionResult<Vec<Revision>> {
+        Ok(self.store.case_decisions(case_id)?)
+    }
+
+    /// Where a case stands: see [`Journey`].
+    pub fn journey(
+        &self,
+        case_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> DecisionResult<Journey> {
+        let decisions = self.store.case_decisions(case_id)?;
+        Ok(journey(case_id, &decisions, &self.catalog(), now))
+    }
+
+    async fn next(&self, draft: Draft, expected_revision: u32) -> DecisionResult<Revision> {
+        let appended = self
+            .store
+            .append(draft, Precondition::Next { expected_revision })
+            .await?;
+        Ok(appended.revision)
+    }
+
+    /// The `x-tool` of the version that made a decision: from the catalog when it still serves
+    /// that digest, else from the stored snapshot.
+    fn meta_of(&self, tool: &ToolRef) -> DecisionResult<Arc<ToolMeta>> {
+        if let Some(current) = self.catalog().get(&tool.id) {
+            if current.digest == tool.digest {
+                return Ok(Arc::new(current.meta.clone()));
+            }
+        }
+        if let Some(meta) = self
+            .metas
+            .lock()
+            .expect("meta cache poisoned")
+            .get(&tool.digest)
+        {
+            return Ok(Arc::clone(meta));
+        }
+        let snapshot = self.store.snapshot(&tool.digest)?.ok_or_else(|| {
+            DecisionError::Store(StoreError::Corrupt(format!(
+                "no snapshot stored for {}",
+                tool.digest
+            )))
+        })?;
+        let meta: ToolMeta = serde_json::from_value(snapshot["schema"]["x-tool"].clone())
+            .map_err(|e| DecisionError::Store(StoreError::Corrupt(e.to_string())))?;
+        let meta = Arc::new(meta);
+        self.metas
+            .lock()
+            .expect("meta cache poisoned")
+            .insert(tool.digest.clone(), Arc::clone(&meta));
+        Ok(meta)
+    }
+}
+
+/// The reference a decision keeps to the tool version that made it.
+pub fn tool_ref(tool: &Tool) -> ToolRef {
+    ToolRef {
+        id: tool.id().to_owned(),
+        version: tool.meta.version.clone(),
+        digest: tool.digest.clone(),
+    }
+}
+
+/// A draft that repeats `latest` (for revisions that change only the override).
+fn carry_over(latest: Revision) -> Draft {
+    Draft {
+        decision_id: latest.decision_id,
+        kind: latest.kind,
+        case_id: latest.case_id,
+        tool: latest.tool,
+        input: latest.input,
+        outcome: latest.outcome,
+        override_: latest.override_,
+        actor: latest.actor,
+        // The version is already stored: its first decision stored it.
+        snapshot: Value::Null,
+    }
+}
+
+/// The override policy of `x-tool.override`, checked against the tool's own level.
+fn check_override(meta: &ToolMeta, from: &str, to: &str, reason: &str) -> DecisionResult<()> {
+    let invalid = |field, message: String| Err(DecisionError::InvalidOverride { field, message });
+    if reason.trim().is_empty() {
+        return invalid("/reason", "an override needs a reason".into());
+    }
+    let levels: Vec<&str> = meta.outcomes.iter().map(|o| o.level.as_str()).collect();
+    let Some(to_rank) = levels.iter().position(|l| *l == to) else {
+        return invalid(
+            "/level",
+            format!(
+                "{to:?} is not a level of {} ({})",
+                meta.id,
+                levels.join(", ")
+            ),
+        );
+    };
+    let from_rank = levels.iter().position(|l| *l == from).unwrap_or(to_rank);
+    if to_rank == from_rank {
+        return invalid("/level", format!("the tool already decided {to:?}"));
+    }
+    let Some(policy) = meta.override_policy else {
+        return Ok(());
+    };
+    match policy.direction {
+        Direction::Up if to_rank < from_rank => {
+            return invalid(
+                "/level",
+                format!("{}'s override policy allows only overrides up (to a more serious level than {from:?})", meta.id),
+            )
+        }
+        Direction::Down if to_rank > from_rank => {
+            return invalid(
+                "/level",
+                format!("{}'s override policy allows only overrides down (to a less serious level than {from:?})", meta.id),
+            )
+        }
+        _ => {}
+    }
+    if let Some(max) = policy.max_steps {
+        let steps = to_rank.abs_diff(from_rank);
+        if steps > max as usize {
+            return invalid(
+                "/level",
+                format!("{}'s override policy allows at most {max} level(s) away from {from:?}; {to:?} is {steps}", meta.id),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where a case stands in the journey.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Journey {
+    pub case: String,
+    /// The furthest case stage with a decision (0 when the case has none yet).
+    pub stage: u8,
+    /// The latest decision per tool, by tool id.
+    #[schema(value_type = Object)]
+    pub latest: BTreeMap<String, JourneyDecision>,
+    /// What is due next.
+    pub due: Vec<Due>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JourneyDecision {
+    pub decision_id: String,
+    pub revision: u32,
+    pub level: String,
+    pub recorded_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_due: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Due {
+    pub tool: String,
+    /// `not-done` (a tool of the current stage with no decision yet) or `review-overdue`.
+    pub why: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// The journey of a case: the current stage is the furthest stage with a decision; due are the
+/// current stage's tools without one (or, when they are all done, the next stage's), and every
+/// decision past its tool's `review_after_days`.
+fn journey(
+    case_id: &str,
+    decisions: &[Revision],
+    catalog: &Catalog,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Journey {
+    let mut latest: BTreeMap<String, (JourneyDecision, Option<chrono::DateTime<chrono::Utc>>)> =
+        BTreeMap::new();
+    for d in decisions {
+        let review_after = catalog
+            .get(&d.tool.id)
+            .and_then(|t| t.meta.review_after_days);
+        let recorded = chrono::DateTime::parse_from_rfc3339(&d.recorded_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok();
+        let review_due = match (review_after, recorded) {
+            (Some(days), Some(at)) => Some(at + chrono::Duration::days(days.into())),
+            _ => None,
+        };
+        let entry = JourneyDecision {
+            decision_id: d.decision_id.clone(),
+            revision: d.revision,
+            level: d.effective_level().to_owned(),
+            recorded_at: d.recorded_at.clone(),
+            review_due: review_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        };
+        let newer = latest
+            .get(&d.tool.id)
+            .is_none_or(|(e, _)| e.recorded_at <= d.recorded_at);
+        if newer {
+            latest.insert(d.tool.id.clone(), (entry, review_due));
+        }
+    }
+    let stage_of = |id: &str| match catalog.get(id).map(|t| t.meta.stage) {
+        Some(Stage::Case(n)) => Some(n),
+        _ => None,
+    };
+    let stage = latest
+        .keys()
+        .filter_map(|id| stage_of(id))
+        .max()
+        .unwrap_or(0);
+    let not_done = |stage: u8| -> Vec<String> {
+        catalog
+            .tools()
+            .filter(|t| t.meta.stage == Stage::Case(stage) && !latest.contains_key(t.id()))
+            .map(|t| t.id().to_owned())
+            .collect()
+    };
+    let mut due: Vec<Due> = Vec::new();
+    let mut missing = not_done(stage);
+    if missing.is_empty() && stage < 7 {
+        missing = not_done(stage + 1);
+    }
+    due.extend(missing.into_iter().map(|tool| Due {
+        tool,
+        why: "not-done".into(),
+        since: None,
+    }));
+    for (tool, (entry, review_due)) in &latest {
+        if let Some(at) = review_due {
+            if *at <= now {
+                due.push(Due {
+                    tool: tool.clone(),
+                    why: "review-overdue".into(),
+                    since: entry.review_due.clone(),
+                });
+            }
+        }
+    }
+    let _ = NamedStage::Any;
+    Journey {
+        case: case_id.to_owned(),
+        stage,
+        latest: latest.into_iter().map(|(k, (e, _))| (k, e)).collect(),
+        due,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{OutcomeDecl, OverridePolicy};
+
+    fn meta(policy: Option<OverridePolicy>) -> ToolMeta {
+        ToolMeta {
+            id: "t".into(),
+            version: "1".into(),
+            stage: Stage::Case(1),
+            outcomes: ["low", "medium", "high"]
+                .iter()
+                .map(|l| OutcomeDecl {
+                    level: (*l).into(),
+                    label: (*l).into(),
+                    response: (*l).into(),
+                })
+                .collect(),
+            params: json!({}),
+            override_policy: policy,
+            review_after_days: None,
+        }
+    }
+
+    #[test]
+    fn an_override_needs_a_reason_and_a_declared_level() {
+        assert!(matches!(
+            check_override(&meta(None), "low", "high", " "),
+            Err(DecisionError::InvalidOverride {
+                field: "/reason",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_override(&meta(None), "low", "urgent", "r"),
+            Err(DecisionError::InvalidOverride {
+                field: "/level",
+                ..
+            })
+        ));
+        assert!(check_override(&meta(None), "low", "high", "r").is_ok());
+    }
+
+    #[test]
+    fn the_override_policy_bounds_direction_and_steps() {
+        let up_one = meta(Some(OverridePolicy {
+            direction: Direction::Up,
+            max_steps: Some(1),
+        }));
+        assert!(check_override(&up_one, "low", "medium", "r").is_ok());
+        let err = check_override(&up_one, "low", "high", "r").unwrap_err();
+        assert!(err.to_string().contains("at most 1"), "{err}");
+        let err = check_override(&up_one, "medium", "low", "r").unwrap_err();
+        assert!(err.to_string().contains("only overrides up"), "{err}");
+    }
+}

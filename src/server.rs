@@ -1,0 +1,122 @@
+//! Putting the service together: load the catalog, open the store, load the tokens, bind, and
+//! serve until told to stop. `main` and the tests both start the service through [`Server`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::{self, Role, Tokens};
+use crate::catalog::{Catalog, LoadError};
+use crate::config::Config;
+use crate::decisions::Decisions;
+use crate::store::{SledStore, Store, StoreError};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the catalog has {} problem(s); nothing is served until they are fixed:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Catalog(Vec<LoadError>),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// A built service, bound and ready to run.
+pub struct Server {
+    state: AppState,
+    store: Arc<SledStore>,
+    listener: TcpListener,
+    /// The admin token created on a first run with no tokens; shown once.
+    pub first_admin_token: Option<String>,
+}
+
+impl Server {
+    /// Loads everything `config` names and binds its address (port 0 picks a free one).
+    pub async fn build(config: &Config) -> Result<Server, StartError> {
+        let catalog = Catalog::load(&config.tools_dir).map_err(StartError::Catalog)?;
+        let store = Arc::new(SledStore::open(&config.data_dir, config.store_options())?);
+        let mut tokens = Tokens::new(store.tokens()?);
+        let first_admin_token = if tokens.is_empty() {
+            let (token, record) = auth::issue(Role::Admin, "admin");
+            store.put_token(&record)?;
+            tokens.add(record);
+            Some(token)
+        } else {
+            None
+        };
+        let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>));
+        let state = AppState::new(decisions, tokens, config.body_limit_bytes);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        Ok(Server {
+            state,
+            store,
+            listener,
+            first_admin_token,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Creates a token, stores its hash durably and accepts it at once; returns the token.
+    pub fn add_token(&self, role: Role, subject: &str) -> Result<String, StoreError> {
+        let (token, record) = auth::issue(role, subject);
+        self.store.put_token(&record)?;
+        self.state
+            .tokens
+            .write()
+            .expect("token lock poisoned")
+            .add(record);
+        Ok(token)
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight and closes the
+    /// store, which writes out every queued append before this returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Server {
+            state,
+            store,
+            listener,
+            ..
+        } = self;
+        api::serve(listener, state, shutdown).await?;
+        // The last handle to the store closes it on a blocking thread: the writer is joined.
+        tokio::task::spawn_blocking(move || drop(store))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

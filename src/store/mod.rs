@@ -1,0 +1,211 @@
+//! The decision store: one global, hash-chained journal of revisions, with indexes by decision,
+//! case, tool and time, tool-version snapshots, idempotency records and API tokens.
+//!
+//! [`Store`] is what the rest of the service sees; nothing outside this module knows which
+//! database sits behind it. The embedded default is [`SledStore`]. Writes go through
+//! [`Store::append`], which resolves only once the revision is durable on disk.
+
+mod chain;
+mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use chain::{revision_hash, GENESIS_HASH};
+pub use sled_store::{Durability, SledStore, StoreOptions};
+
+use crate::auth::{Role, TokenRecord};
+use crate::rules::Outcome;
+
+/// Who did something: the subject of the token used, and the role it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Actor {
+    pub subject: String,
+    pub role: Role,
+}
+
+/// The tool version that made (or re-made) a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ToolRef {
+    pub id: String,
+    /// The human label from `x-tool.version`.
+    pub version: String,
+    /// `sha256:<hex>`: the real version, whose snapshot is stored.
+    pub digest: String,
+}
+
+/// What kind of change a revision records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevisionKind {
+    Submitted,
+    Amended,
+    Overridden,
+    Approved,
+}
+
+/// An override's place in the four-eyes process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideStatus {
+    Pending,
+    Approved,
+}
+
+/// A practitioner's override of the tool's level, with the reason, and its approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Override {
+    pub level: String,
+    pub reason: String,
+    pub by: Actor,
+    pub status: OverrideStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<Actor>,
+}
+
+/// One immutable entry of the journal: the whole state of a decision after one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revision {
+    /// Position in the global journal, from 1.
+    pub seq: u64,
+    pub decision_id: String,
+    /// Position in this decision's history, from 1.
+    pub revision: u32,
+    pub kind: RevisionKind,
+    pub case_id: String,
+    pub tool: ToolRef,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// What the tool decided for `input`.
+    pub outcome: Outcome,
+    #[serde(rename = "override", default, skip_serializing_if = "Option::is_none")]
+    pub override_: Option<Override>,
+    pub actor: Actor,
+    /// RFC 3339, UTC, set by the writer so journal order and time order agree.
+    pub recorded_at: String,
+    pub prev_hash: String,
+    /// SHA-256 over the canonical JSON of every other field.
+    pub hash: String,
+}
+
+impl Revision {
+    /// The level in force: an approved override's, else the tool's.
+    pub fn effective_level(&self) -> &str {
+        match &self.override_ {
+            Some(o) if o.status == OverrideStatus::Approved => &o.level,
+            _ => &self.outcome.level,
+        }
+    }
+}
+
+/// A revision as the service proposes it; the writer adds sequence, revision number, time and
+/// hashes.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub decision_id: String,
+    pub kind: RevisionKind,
+    pub case_id: String,
+    pub tool: ToolRef,
+    pub input: Value,
+    pub outcome: Outcome,
+    pub override_: Option<Override>,
+    pub actor: Actor,
+    /// The tool version's snapshot, stored under its digest if this is its first decision.
+    pub snapshot: Value,
+}
+
+/// How an append relates to what is already stored.
+#[derive(Debug, Clone)]
+pub enum Precondition {
+    /// A new decision; with a key, a retry of the same request returns the first decision.
+    New { idempotency: Option<IdempotencyKey> },
+    /// The next revision of an existing decision, built on `expected_revision`.
+    Next { expected_revision: u32 },
+}
+
+/// An `Idempotency-Key`, scoped to the subject that sent it, with a digest of the request body so
+/// a reused key with a different body is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub subject: String,
+    pub key: String,
+    pub request_digest: String,
+}
+
+/// A durable append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub revision: Revision,
+    /// True when an idempotent retry returned the revision stored by the first request.
+    pub replayed: bool,
+}
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("decision {0} does not exist")]
+    UnknownDecision(String),
+    #[error("decision {decision_id} is at revision {current}, not {expected}")]
+    Conflict {
+        decision_id: String,
+        expected: u32,
+        current: u32,
+    },
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage failed: {0}")]
+    Io(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A future that resolves when an append is durable (or refused).
+pub type AppendFuture = Pin<Box<dyn Future<Output = StoreResult<Appended>> + Send>>;
+
+/// The head of the journal: the last sequence number and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The decision store.
+pub trait Store: Send + Sync + 'static {
+    /// Appends `draft` under `precondition`; resolves once the revision is durable on disk.
+    fn append(&self, draft: Draft, precondition: Precondition) -> AppendFuture;
+    /// The latest revision of a decision.
+    fn latest(&self, decision_id: &str) -> StoreResult<Option<Revision>>;
+    /// Every revision of a decision, oldest first.
+    fn history(&self, decision_id: &str) -> StoreResult<Vec<Revision>>;
+    /// The latest revision of every decision of a case, oldest decision first.
+    fn case_decisions(&self, case_id: &str) -> StoreResult<Vec<Revision>>;
+    /// A tool version's snapshot, by digest.
+    fn snapshot(&self, digest: &str) -> StoreResult<Option<Value>>;
+    /// The head of the journal.
+    fn head(&self) -> StoreResult<Head>;
+    /// Every revision with `seq >= from`, in journal order, read lazily.
+    fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send>;
+    /// Every stored API token.
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// Stores a token record durably.
+    fn put_token(&self, token: &TokenRecord) -> StoreResult<()>;
+}

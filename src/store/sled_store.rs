@@ -1,0 +1,581 @@
+//! The embedded store on sled 0.34, with group commit.
+//!
+//! # Layout
+//!
+//! Everything lives in sled's default tree under one-letter key prefixes, so that a revision,
+//! its indexes, its tool snapshot and its idempotency record go to disk in **one atomic batch**
+//! (`apply_batch` is atomic within a tree; a multi-tree transaction would be slower and gain
+//! nothing):
+//!
+//! | key | value |
+//! |---|---|
+//! | `j` seq | the revision (JSON) |
+//! | `d` decision 0 revision | seq |
+//! | `c` case 0 first-seq | decision id |
+//! | `t` tool 0 seq | decision id |
+//! | `w` millis seq | (empty): the time index |
+//! | `s` digest | the tool version's snapshot (JSON) |
+//! | `i` subject 0 key | the idempotency record (JSON) |
+//! | `k` token hash | the token record (JSON) |
+//! | `h` | the journal head (JSON) |
+//!
+//! Numbers are big-endian so byte order is numeric order. Ids never contain a NUL byte (the API
+//! checks them at the edge), so `0` separates an id from what follows.
+//!
+//! # Group commit
+//!
+//! One writer thread owns every write. It takes the first waiting append, drains whatever else
+//! is queued (up to `max_batch`), checks each against the journal and the earlier appends of the
+//! same batch, applies the batch atomically, makes it durable once, and only then answers every
+//! request in it. Requests that arrive during a flush wait for the next batch, which is how
+//! concurrent requests come to share one flush. `Durability::SyncPerRequest` takes one append
+//! per batch: the baseline the benchmarks compare against.
+//!
+//! # Durable means on disk
+//!
+//! sled 0.34's `flush()` on Linux ends in `sync_file_range`, which neither flushes the disk's
+//! write cache nor file metadata (sled issues #1452, #1351). After every flush the writer
+//! therefore `fdatasync`s sled's data file, and any blob file written since the batch began
+//! (sled writes large values to `blobs/` without syncing them). It is a blocking call, which is
+//! why the writer is an OS thread and never an async task.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{revision_hash, GENESIS_HASH};
+use super::{
+    AppendFuture, Appended, Draft, Head, Precondition, Revision, Store, StoreError, StoreResult,
+};
+use crate::auth::TokenRecord;
+
+/// When an append is acknowledged relative to other appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Concurrent appends share one flush (the default).
+    Group,
+    /// Every append is flushed on its own: the benchmark baseline.
+    SyncPerRequest,
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// The most appends one flush may serve.
+    pub max_batch: usize,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Group,
+            max_batch: 1024,
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    /// sled's data file (`<dir>/db`), for `fdatasync` after writes outside the writer.
+    data_path: PathBuf,
+    tx: mpsc::Sender<Command>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Command {
+    draft: Draft,
+    precondition: Precondition,
+    reply: oneshot::Sender<StoreResult<Appended>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyRecord {
+    request_digest: String,
+    decision_id: String,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and starts its writer.
+    pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<SledStore> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            // The writer flushes every batch itself; a background flusher would only add I/O.
+            .flush_every_ms(None)
+            .open()?;
+        // The directory entries of a new store must be durable too.
+        File::open(dir)?.sync_all()?;
+        let data_file = File::open(dir.join("db"))?;
+        let head = read_head(&db)?;
+        let known_snapshots = db
+            .scan_prefix(b"s")
+            .keys()
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k[1..]).into_owned()))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let (tx, rx) = mpsc::channel(8192);
+        let writer = Writer {
+            db: db.clone(),
+            dir: dir.to_owned(),
+            data_file,
+            head,
+            last_millis: 0,
+            known_snapshots,
+            failed: Arc::new(AtomicBool::new(false)),
+            max_batch: match options.durability {
+                Durability::Group => options.max_batch.max(1),
+                Durability::SyncPerRequest => 1,
+            },
+        };
+        let writer = std::thread::Builder::new()
+            .name("safeguard-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(SledStore {
+            db,
+            data_path: dir.join("db"),
+            tx,
+            writer: Some(writer),
+        })
+    }
+
+    fn revision_at(&self, seq: &[u8]) -> StoreResult<Revision> {
+        let key = [b"j".as_slice(), seq].concat();
+        let bytes = self.db.get(&key)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "index names journal entry {seq:?}, which is missing"
+            ))
+        })?;
+        decode(&bytes)
+    }
+}
+
+impl Drop for SledStore {
+    /// Closing the channel lets the writer finish every queued append, flush and stop; waiting
+    /// for it means nothing acknowledged is ever left behind.
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn append(&self, draft: Draft, precondition: Precondition) -> AppendFuture {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            tx.send(Command {
+                draft,
+                precondition,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn latest(&self, decision_id: &str) -> StoreResult<Option<Revision>> {
+        match self
+            .db
+            .scan_prefix(decision_prefix(decision_id))
+            .values()
+            .next_back()
+        {
+            None => Ok(None),
+            Some(seq) => self.revision_at(&seq?).map(Some),
+        }
+    }
+
+    fn history(&self, decision_id: &str) -> StoreResult<Vec<Revision>> {
+        self.db
+            .scan_prefix(decision_prefix(decision_id))
+            .values()
+            .map(|seq| self.revision_at(&seq?))
+            .collect()
+    }
+
+    fn case_decisions(&self, case_id: &str) -> StoreResult<Vec<Revision>> {
+        let prefix = [b"c".as_slice(), case_id.as_bytes(), &[0]].concat();
+        let mut out = Vec::new();
+        for id in self.db.scan_prefix(prefix).values() {
+            let id = id?;
+            let id = std::str::from_utf8(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(latest) = self.latest(id)? {
+                out.push(latest);
+            }
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self, digest: &str) -> StoreResult<Option<Value>> {
+        let key = [b"s".as_slice(), digest.as_bytes()].concat();
+        self.db.get(key)?.map(|b| decode(&b)).transpose()
+    }
+
+    fn head(&self) -> StoreResult<Head> {
+        read_head(&self.db)
+    }
+
+    fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send> {
+        let start = journal_key(from);
+        let iter = self
+            .db
+            .range(start.to_vec()..b"k".to_vec())
+            .values()
+            .map(|v| decode(&v?));
+        Box::new(iter)
+    }
+
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.db
+            .scan_prefix(b"k")
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let key = [b"k".as_slice(), token.hash.as_bytes()].concat();
+        self.db.insert(key, encode(token))?;
+        self.db.flush()?;
+        File::open(&self.data_path)?.sync_data()?;
+        Ok(())
+    }
+}
+
+fn decision_prefix(decision_id: &str) -> Vec<u8> {
+    [b"d".as_slice(), decision_id.as_bytes(), &[0]].concat()
+}
+
+fn journal_key(seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'j';
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("stored records always serialise")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn read_head(db: &sled::Db) -> StoreResult<Head> {
+    match db.get(b"h")? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(Head {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }),
+    }
+}
+
+/// The writer thread's state: the only code that writes revisions.
+struct Writer {
+    db: sled::Db,
+    dir: PathBuf,
+    data_file: File,
+    head: Head,
+    last_millis: i64,
+    known_snapshots: HashSet<String>,
+    /// Set when a batch could not be made durable: from then on nothing is acknowledged, since
+    /// what is on disk can no longer be known without a restart (which recovers it).
+    failed: Arc<AtomicBool>,
+    max_batch: usize,
+}
+
+/// What one batch has decided so far, layered over what is on disk.
+#[derive(Default)]
+struct Overlay {
+    revisions: HashMap<String, u32>,
+    idempotency: HashMap<(String, String), (String, Revision)>,
+    snapshots: HashSet<String>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut commands = vec![first];
+            while commands.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.commit(commands);
+        }
+    }
+
+    fn commit(&mut self, commands: Vec<Command>) {
+        let started = Instant::now();
+        let batch_began = SystemTime::now();
+        if self.failed.load(Ordering::SeqCst) {
+            for c in commands {
+                let _ = c.reply.send(Err(StoreError::Io(
+                    "an earlier write could not be made durable; restart the service".into(),
+                )));
+            }
+            return;
+        }
+        let head_before = self.head.clone();
+        let mut batch = sled::Batch::default();
+        let mut overlay = Overlay::default();
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut wrote = 0usize;
+        for c in commands {
+            let result = self.prepare(c.draft, c.precondition, &mut batch, &mut overlay);
+            if matches!(&result, Ok(a) if !a.replayed) {
+                wrote += 1;
+            }
+            answers.push((c.reply, result));
+        }
+        if wrote > 0 {
+            batch.insert(b"h".as_slice(), encode(&self.head));
+            if let Err(e) = self.make_durable(batch, batch_began) {
+                tracing::error!(error = %e, "a batch could not be made durable");
+                self.failed.store(true, Ordering::SeqCst);
+                self.head = head_before;
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                }
+                return;
+            }
+            self.known_snapshots.extend(overlay.snapshots);
+            metrics::histogram!("safeguard_commit_batch_size").record(wrote as f64);
+            metrics::histogram!("safeguard_commit_flush_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        for (reply, result) in answers {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn make_durable(&self, batch: sled::Batch, batch_began: SystemTime) -> StoreResult<()> {
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.data_file.sync_data()?;
+        sync_new_blobs(&self.dir.join("blobs"), batch_began)?;
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        draft: Draft,
+        precondition: Precondition,
+        batch: &mut sled::Batch,
+        overlay: &mut Overlay,
+    ) -> StoreResult<Appended> {
+        let revision_number = match &precondition {
+            Precondition::New { idempotency } => {
+                if let Some(key) = idempotency {
+                    if let Some(first) = self.idempotent_replay(key, overlay)? {
+                        return Ok(Appended {
+                            revision: first,
+                            replayed: true,
+                        });
+                    }
+                }
+                1
+            }
+            Precondition::Next { expected_revision } => {
+                let current = match overlay.revisions.get(&draft.decision_id) {
+                    Some(n) => *n,
+                    None => self.current_revision(&draft.decision_id)?,
+                };
+                if current == 0 {
+                    return Err(StoreError::UnknownDecision(draft.decision_id));
+                }
+                if current != *expected_revision {
+                    return Err(StoreError::Conflict {
+                        decision_id: draft.decision_id,
+                        expected: *expected_revision,
+                        current,
+                    });
+                }
+                current + 1
+            }
+        };
+
+        let seq = self.head.seq + 1;
+        let now = chrono::Utc::now();
+        // Journal order and time order must agree even if the clock steps back.
+        let millis = now.timestamp_millis().max(self.last_millis);
+        let recorded_at = chrono::DateTime::from_timestamp_millis(millis)
+            .unwrap_or(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut revision = Revision {
+            seq,
+            decision_id: draft.decision_id,
+            revision: revision_number,
+            kind: draft.kind,
+            case_id: draft.case_id,
+            tool: draft.tool,
+            input: draft.input,
+            outcome: draft.outcome,
+            override_: draft.override_,
+            actor: draft.actor,
+            recorded_at,
+            prev_hash: self.head.hash.clone(),
+            hash: String::new(),
+        };
+        revision.hash = revision_hash(&revision);
+
+        let seq_bytes = seq.to_be_bytes();
+        batch.insert(journal_key(seq).as_slice(), encode(&revision));
+        let mut d_key = decision_prefix(&revision.decision_id);
+        d_key.extend_from_slice(&revision_number.to_be_bytes());
+        batch.insert(d_key, seq_bytes.as_slice());
+        if revision_number == 1 {
+            let c_key = [
+                b"c".as_slice(),
+                revision.case_id.as_bytes(),
+                &[0],
+                &seq_bytes,
+            ]
+            .concat();
+            batch.insert(c_key, revision.decision_id.as_bytes());
+        }
+        let t_key = [
+            b"t".as_slice(),
+            revision.tool.id.as_bytes(),
+            &[0],
+            &seq_bytes,
+        ]
+        .concat();
+        batch.insert(t_key, revision.decision_id.as_bytes());
+        let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
+        batch.insert(w_key, b"".as_slice());
+        let digest = &revision.tool.digest;
+        if !self.known_snapshots.contains(digest) && overlay.snapshots.insert(digest.clone()) {
+            batch.insert(
+                [b"s".as_slice(), digest.as_bytes()].concat(),
+                encode(&draft.snapshot),
+            );
+        }
+        if let Precondition::New {
+            idempotency: Some(key),
+        } = &precondition
+        {
+            let record = IdempotencyRecord {
+                request_digest: key.request_digest.clone(),
+                decision_id: revision.decision_id.clone(),
+            };
+            batch.insert(idempotency_key(&key.subject, &key.key), encode(&record));
+            overlay.idempotency.insert(
+                (key.subject.clone(), key.key.clone()),
+                (key.request_digest.clone(), revision.clone()),
+            );
+        }
+
+        overlay
+            .revisions
+            .insert(revision.decision_id.clone(), revision_number);
+        self.head = Head {
+            seq,
+            hash: revision.hash.clone(),
+        };
+        self.last_millis = millis;
+        Ok(Appended {
+            revision,
+            replayed: false,
+        })
+    }
+
+    /// The first decision made under `key`, if the key was used before with the same request.
+    fn idempotent_replay(
+        &self,
+        key: &super::IdempotencyKey,
+        overlay: &Overlay,
+    ) -> StoreResult<Option<Revision>> {
+        if let Some((digest, revision)) = overlay
+            .idempotency
+            .get(&(key.subject.clone(), key.key.clone()))
+        {
+            return if *digest == key.request_digest {
+                Ok(Some(revision.clone()))
+            } else {
+                Err(StoreError::IdempotencyMismatch)
+            };
+        }
+        let Some(bytes) = self.db.get(idempotency_key(&key.subject, &key.key))? else {
+            return Ok(None);
+        };
+        let record: IdempotencyRecord = decode(&bytes)?;
+        if record.request_digest != key.request_digest {
+            return Err(StoreError::IdempotencyMismatch);
+        }
+        let mut first = decision_prefix(&record.decision_id);
+        first.extend_from_slice(&1u32.to_be_bytes());
+        let seq = self
+            .db
+            .get(first)?
+            .ok_or_else(|| StoreError::Corrupt("idempotency record without its decision".into()))?;
+        let bytes = self
+            .db
+            .get([b"j".as_slice(), &seq].concat())?
+            .ok_or_else(|| StoreError::Corrupt("decision index without its revision".into()))?;
+        decode(&bytes).map(Some)
+    }
+
+    fn current_revision(&self, decision_id: &str) -> StoreResult<u32> {
+        match self
+            .db
+            .scan_prefix(decision_prefix(decision_id))
+            .keys()
+            .next_back()
+        {
+            None => Ok(0),
+            Some(key) => {
+                let key = key?;
+                let tail: [u8; 4] = key[key.len() - 4..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("short decision index key".into()))?;
+                Ok(u32::from_be_bytes(tail))
+            }
+        }
+    }
+}
+
+fn idempotency_key(subject: &str, key: &str) -> Vec<u8> {
+    [b"i".as_slice(), subject.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+/// `fdatasync`s every blob file written since `since`, and the blob folder itself.
+fn sync_new_blobs(blobs: &Path, since: SystemTime) -> StoreResult<()> {
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let since = since - Duration::from_secs(1);
+    let mut any = false;
+    for entry in entries.flatten() {
+        let modified = entry.metadata().and_then(|m| m.modified());
+        if modified.map_or(true, |m| m >= since) {
+            File::open(entry.path())?.sync_data()?;
+            any = true;
+        }
+    }
+    if any {
+        File::open(blobs)?.sync_all()?;
+    }
+    Ok(())
+}
