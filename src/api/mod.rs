@@ -127,6 +127,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole application, ready to serve.
 pub fn app(state: AppState) -> Router {
+    // Install the recorder before the first request, or its metrics would go nowhere.
+    metrics_handle();
     let (router, openapi) = routes();
     let openapi = Arc::new(
         openapi
