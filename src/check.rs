@@ -1,5 +1,5 @@
-//! `safeguard check`: prove a catalog before it goes live. Loads every tool, runs every case in
-//! `tests/cases/<tool-id>/*.json`, holds every explanation to the plain-language bar, and reports
+//! `safeguard check`: prove a catalog before it goes live. Loads every tool and plugin, runs every
+//! case in `tests/cases/<tool-id>/*.json` and `plugins/<name>/cases/<tool-id>/*.json`, holds every explanation to the plain-language bar, and reports
 //! per tool what passed, what failed (with the difference) and what the cases cover.
 //!
 //! The report is data ([`Report`]) with a `Display` for people, so the CLI prints it and the test
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use crate::catalog::{Catalog, LoadError, Tool};
+use crate::catalog::{Catalog, LoadError, Tool, ToolSource};
 use crate::plain;
 use crate::rules::{EvalError, Limits, Outcome};
 
@@ -63,6 +63,8 @@ impl CaseResult {
 #[derive(Debug, Clone)]
 pub struct ToolReport {
     pub id: String,
+    /// `core`, or `plugin:<name>` for the version a plugin serves.
+    pub source: String,
     pub version: String,
     pub digest: String,
     pub cases: Vec<CaseResult>,
@@ -111,12 +113,22 @@ impl Report {
             && self.tools.iter().all(ToolReport::passed)
     }
 
+    /// The report of the core version of `id`.
     pub fn tool(&self, id: &str) -> Option<&ToolReport> {
-        self.tools.iter().find(|t| t.id == id)
+        self.tools.iter().find(|t| t.id == id && t.source == "core")
+    }
+
+    /// The report of `id` as `source` (`core` or `plugin:<name>`) serves it.
+    pub fn tool_from(&self, id: &str, source: &str) -> Option<&ToolReport> {
+        self.tools.iter().find(|t| t.id == id && t.source == source)
     }
 }
 
 /// Checks the catalog under `root`; with `only`, just that tool's cases.
+///
+/// Core cases pin the core tools as shipped, so they run against the catalog without plugins;
+/// plugin cases pin what the agency serves, so they run against the catalog with every plugin
+/// applied, for each tool a plugin added or changed.
 pub fn run(root: &Path, only: Option<&str>) -> Report {
     let mut report = Report {
         root: root.to_owned(),
@@ -124,10 +136,11 @@ pub fn run(root: &Path, only: Option<&str>) -> Report {
         case_errors: Vec::new(),
         tools: Vec::new(),
     };
-    let (catalog, load_errors) = Catalog::load_partial(root, Limits::default());
+    let (core, _) = Catalog::load_partial_with(root, Limits::default(), false);
+    let (served, load_errors) = Catalog::load_partial(root, Limits::default());
     report.load_errors = load_errors;
     if let Some(id) = only {
-        if catalog.get(id).is_none() {
+        if served.get(id).is_none() && !served.failed_to_load(id) {
             report.load_errors.push(LoadError {
                 file: root.join(crate::catalog::SCHEMA_DIR),
                 line: None,
@@ -137,15 +150,58 @@ pub fn run(root: &Path, only: Option<&str>) -> Report {
             return report;
         }
     }
-    let cases = read_cases(&root.join(CASES_DIR), &catalog, &mut report.case_errors);
-    for tool in catalog.tools() {
-        if only.is_some_and(|id| id != tool.id()) {
+    let wanted = |id: &str| only.is_none_or(|only| only == id);
+
+    let core_cases = read_cases(&root.join(CASES_DIR), &core, &mut report.case_errors);
+    for tool in core.tools().filter(|t| wanted(t.id())) {
+        let cases = core_cases
+            .get(tool.id())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        report.tools.push(check_tool(tool, cases));
+    }
+
+    let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
+    for dir in plugin_case_dirs(root) {
+        for (id, mut more) in read_cases(&dir, &served, &mut report.case_errors) {
+            plugin_cases.entry(id).or_default().append(&mut more);
+        }
+    }
+    for tool in served.tools().filter(|t| wanted(t.id())) {
+        if tool.source == ToolSource::Core {
+            if plugin_cases.contains_key(tool.id()) {
+                report.case_errors.push(error(
+                    &root.join(crate::catalog::PLUGINS_DIR),
+                    None,
+                    format!(
+                        "plugin cases for {:?}, which no plugin changes (its core cases pin it)",
+                        tool.id()
+                    ),
+                ));
+            }
             continue;
         }
-        let tool_cases = cases.get(tool.id()).map(Vec::as_slice).unwrap_or_default();
-        report.tools.push(check_tool(tool, tool_cases));
+        let cases = plugin_cases
+            .get(tool.id())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        report.tools.push(check_tool(tool, cases));
     }
     report
+}
+
+/// `plugins/<name>/cases` for every plugin, in name order.
+fn plugin_case_dirs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root.join(crate::catalog::PLUGINS_DIR)) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path().join("cases"))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 fn read_cases(
@@ -242,6 +298,7 @@ fn check_tool(tool: &Tool, cases: &[(PathBuf, Case)]) -> ToolReport {
         .collect();
     ToolReport {
         id: tool.id().to_owned(),
+        source: tool.source.to_string(),
         version: tool.meta.version.clone(),
         digest: tool.digest.clone(),
         cases: results,
@@ -385,10 +442,11 @@ impl fmt::Display for Report {
             let digest_short = t.digest.get(..19).unwrap_or(&t.digest);
             writeln!(
                 f,
-                "\n{} {} {} ({digest_short}...)  {passed}/{} cases passed",
+                "\n{} {} {} [{}] ({digest_short}...)  {passed}/{} cases passed",
                 if t.passed() { "ok  " } else { "FAIL" },
                 t.id,
                 t.version,
+                t.source,
                 t.cases.len()
             )?;
             let levels: Vec<String> = t

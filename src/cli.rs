@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         tool: Option<String>,
     },
+    /// Print a JSON Schema: `plugin` for plugins/<name>/plugin.toml.
+    Schema {
+        #[arg(value_parser = ["plugin"])]
+        which: String,
+    },
     /// Manage API tokens (run while the service is stopped: the store is locked while it runs).
     Token {
         #[command(subcommand)]
@@ -80,6 +85,14 @@ pub fn main() -> ExitCode {
             };
         }
         Command::Serve => serve(cli.config),
+        Command::Schema { .. } => {
+            let schema = crate::catalog::manifest_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("a schema serialises")
+            );
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Create { role, subject },
         } => token_create(cli.config, role, &subject),

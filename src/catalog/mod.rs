@@ -5,18 +5,20 @@
 //! column where the format gives them, and a catalog with any problem is not built at all.
 
 mod digest;
+mod plugin;
 mod tool;
 
-use std::collections::BTreeMap;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::module_resolvers::StaticModuleResolver;
 use serde::Deserialize;
 use serde_json::Value;
 
 pub use digest::digest;
+pub use plugin::{manifest_schema, Change, Manifest, ToolOverride, PLUGINS_DIR};
 pub use tool::{
     Direction, NamedStage, OutcomeDecl, OverridePolicy, Stage, Tool, ToolMeta, ToolSource,
 };
@@ -73,7 +75,7 @@ impl fmt::Display for LoadError {
 pub struct Catalog {
     tools: BTreeMap<String, Arc<Tool>>,
     /// Ids whose files exist but did not load (only ever non-empty from `load_partial`).
-    broken: std::collections::BTreeSet<String>,
+    broken: BTreeSet<String>,
     root: PathBuf,
 }
 
@@ -96,46 +98,61 @@ impl Catalog {
 
     /// Loads every tool that loads cleanly and reports every problem with the rest: for `check`,
     /// which should still run the cases of the tools that are fine. Never serve such a catalog.
+    ///
+    /// Core tools load first; plugins then apply in name order, each whole or not at all.
     pub fn load_partial(root: &Path, limits: Limits) -> (Catalog, Vec<LoadError>) {
+        Self::load_partial_with(root, limits, true)
+    }
+
+    /// As [`Catalog::load_partial`], with or without the plugins: `check` runs core cases
+    /// against the core tools as shipped.
+    pub fn load_partial_with(
+        root: &Path,
+        limits: Limits,
+        plugins: bool,
+    ) -> (Catalog, Vec<LoadError>) {
         let mut errors = Vec::new();
-        let sandbox = Arc::new(Sandbox::new(limits, StaticModuleResolver::new()));
         let schema_dir = root.join(SCHEMA_DIR);
         let rules_dir = root.join(RULES_DIR);
-        let schemas = stems(&schema_dir, "json", &mut errors);
-        let rules = stems(&rules_dir, "rhai", &mut errors);
+        let mut broken = BTreeSet::new();
+        let mut working = read_tool_dir(
+            &schema_dir,
+            &rules_dir,
+            &ToolSource::Core,
+            &BTreeSet::new(),
+            &mut broken,
+            &mut errors,
+        );
 
+        // Core scripts are what plugin scripts may import, by tool id.
+        let core_sources: BTreeMap<String, String> = working
+            .iter()
+            .map(|(id, parts)| (id.clone(), parts.rules_source.clone()))
+            .collect();
+        if plugins {
+            plugin::apply_all(root, &mut working, &core_sources, &mut broken, &mut errors);
+        }
+
+        let plain = Arc::new(Sandbox::new(limits));
+        let with_core = OnceCell::new();
         let mut tools = BTreeMap::new();
-        let mut broken = std::collections::BTreeSet::new();
-        for (stem, schema_path) in &schemas {
-            let Some(rules_path) = rules.get(stem) else {
-                errors.push(LoadError::new(
-                    schema_path,
-                    format!(
-                        "the tool has no rules: expected {}",
-                        rules_dir.join(format!("{stem}.rhai")).display()
-                    ),
-                ));
-                continue;
+        for (id, parts) in working {
+            let sandbox = if parts.imports.is_empty() {
+                Arc::clone(&plain)
+            } else {
+                Arc::clone(
+                    with_core
+                        .get_or_init(|| Arc::new(Sandbox::with_modules(limits, &core_sources))),
+                )
             };
-            match load_tool(stem, schema_path, rules_path, &sandbox) {
+            match build(parts, &sandbox) {
                 Ok(tool) => {
-                    tools.insert(stem.clone(), Arc::new(tool));
+                    tools.insert(id, Arc::new(tool));
                 }
                 Err(mut e) => {
-                    broken.insert(stem.clone());
-                    errors.append(&mut e)
+                    broken.insert(id);
+                    errors.append(&mut e);
                 }
-            }
-        }
-        for (stem, rules_path) in &rules {
-            if !schemas.contains_key(stem) {
-                errors.push(LoadError::new(
-                    rules_path,
-                    format!(
-                        "the rules have no tool schema: expected {}",
-                        schema_dir.join(format!("{stem}.json")).display()
-                    ),
-                ));
             }
         }
         let catalog = Catalog {
@@ -203,19 +220,86 @@ struct Head {
     x_tool: Option<ToolMeta>,
 }
 
-fn load_tool(
+/// A tool's content before it is compiled: what its digest covers, and where each piece came
+/// from so errors can point there.
+#[derive(Debug, Clone)]
+pub(crate) struct Parts {
+    /// The effective schema; its `x-tool.params` are the effective params.
+    pub schema: Value,
+    pub meta: ToolMeta,
+    pub rules_source: String,
+    pub plugin_chain: Vec<Value>,
+    /// Sources of the modules the rules import, by import path (a core tool id).
+    pub imports: BTreeMap<String, String>,
+    pub source: ToolSource,
+    pub schema_path: PathBuf,
+    pub rules_path: PathBuf,
+    /// The schema's own text, while it is unchanged, to locate schema errors by line.
+    pub schema_text: Option<String>,
+}
+
+/// Every tool in a schema folder and its rules folder, by id.
+pub(crate) fn read_tool_dir(
+    schema_dir: &Path,
+    rules_dir: &Path,
+    source: &ToolSource,
+    replacements: &BTreeSet<PathBuf>,
+    broken: &mut BTreeSet<String>,
+    errors: &mut Vec<LoadError>,
+) -> BTreeMap<String, Parts> {
+    let schemas = stems(schema_dir, "json", errors);
+    let rules = stems(rules_dir, "rhai", errors);
+    let mut out = BTreeMap::new();
+    for (stem, schema_path) in &schemas {
+        let Some(rules_path) = rules.get(stem) else {
+            errors.push(LoadError::new(
+                schema_path,
+                format!(
+                    "the tool has no rules: expected {}",
+                    rules_dir.join(format!("{stem}.rhai")).display()
+                ),
+            ));
+            broken.insert(stem.clone());
+            continue;
+        };
+        match read_parts(stem, schema_path, rules_path, source.clone()) {
+            Ok(parts) => {
+                out.insert(stem.clone(), parts);
+            }
+            Err(mut e) => {
+                broken.insert(stem.clone());
+                errors.append(&mut e);
+            }
+        }
+    }
+    for (stem, rules_path) in &rules {
+        // A plugin's replacement script for an existing tool has no schema of its own.
+        if !schemas.contains_key(stem) && !replacements.contains(rules_path) {
+            errors.push(LoadError::new(
+                rules_path,
+                format!(
+                    "the rules have no tool schema: expected {}",
+                    schema_dir.join(format!("{stem}.json")).display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Reads and checks one tool's files, without compiling anything.
+fn read_parts(
     stem: &str,
     schema_path: &Path,
     rules_path: &Path,
-    sandbox: &Arc<Sandbox>,
-) -> Result<Tool, Vec<LoadError>> {
+    source: ToolSource,
+) -> Result<Parts, Vec<LoadError>> {
     let mut errors = Vec::new();
     let schema_text = read(schema_path, &mut errors);
     let rules_source = read(rules_path, &mut errors);
     let (Some(schema_text), Some(rules_source)) = (schema_text, rules_source) else {
         return Err(errors);
     };
-
     let schema: Option<Value> = match serde_json::from_str(&schema_text) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -253,61 +337,89 @@ fn load_tool(
     if let Some(meta) = &meta {
         check_meta(meta, stem, schema_path, &mut errors);
     }
-    let form = schema
-        .as_ref()
-        .and_then(|schema| match Form::compile(schema) {
-            Ok(form) => Some(form),
-            Err(problems) => {
-                errors.extend(problems.into_iter().map(|p| {
-                    let (line, column) = locate_pointer(&schema_text, &p.schema_path);
-                    LoadError::new(schema_path, format!("the form schema is invalid: {p}"))
-                        .at(line, column)
-                }));
-                None
-            }
-        });
-    let script = match sandbox.compile(&rules_source) {
-        Ok(script) => Some(script),
-        Err(e) => {
-            errors.push(LoadError::new(rules_path, e.message).at(e.line, e.column));
+    match (schema, meta) {
+        (Some(schema), Some(meta)) if errors.is_empty() => Ok(Parts {
+            schema,
+            meta,
+            imports: BTreeMap::new(),
+            rules_source,
+            plugin_chain: Vec::new(),
+            source,
+            schema_path: schema_path.to_owned(),
+            rules_path: rules_path.to_owned(),
+            schema_text: Some(schema_text),
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Compiles a tool's schema and script.
+pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<LoadError>> {
+    let mut errors = Vec::new();
+    let form = match Form::compile(&parts.schema) {
+        Ok(form) => Some(form),
+        Err(problems) => {
+            errors.extend(problems.into_iter().map(|p| {
+                let (line, column) = parts
+                    .schema_text
+                    .as_deref()
+                    .map_or((None, None), |text| locate_pointer(text, &p.schema_path));
+                LoadError::new(
+                    &parts.schema_path,
+                    format!("the form schema is invalid: {p}"),
+                )
+                .at(line, column)
+            }));
             None
         }
     };
-
-    match (schema, meta, form, script) {
-        (Some(schema), Some(meta), Some(form), Some(script)) if errors.is_empty() => {
-            let title = schema
-                .get("title")
-                .and_then(Value::as_str)
-                .unwrap_or(&meta.id)
-                .to_owned();
-            let plugin_chain = Vec::new();
-            let digest = digest(&digest::snapshot(
-                &schema,
-                &rules_source,
-                &meta.params,
-                &plugin_chain,
-            ));
-            let levels = meta.outcomes.iter().map(|o| o.level.clone()).collect();
-            Ok(Tool {
-                params: Sandbox::to_dynamic(&meta.params),
-                levels,
-                title,
-                schema,
-                rules_source,
-                plugin_chain,
-                source: ToolSource::Core,
-                digest,
-                schema_path: schema_path.to_owned(),
-                rules_path: rules_path.to_owned(),
-                form,
-                script,
-                sandbox: Arc::clone(sandbox),
-                meta,
-            })
+    let script = match sandbox.compile(&parts.rules_source) {
+        Ok(script) => Some(script),
+        Err(e) => {
+            errors.push(LoadError::new(&parts.rules_path, e.message).at(e.line, e.column));
+            None
         }
-        _ => Err(errors),
-    }
+    };
+    let (Some(form), Some(script)) = (form, script) else {
+        return Err(errors);
+    };
+    let Parts {
+        schema,
+        meta,
+        rules_source,
+        plugin_chain,
+        source,
+        schema_path,
+        rules_path,
+        ..
+    } = parts;
+    let title = schema
+        .get("title")
+        .and_then(Value::as_str)
+        .unwrap_or(&meta.id)
+        .to_owned();
+    let digest = digest(&digest::snapshot(
+        &schema,
+        &rules_source,
+        &meta.params,
+        &plugin_chain,
+    ));
+    Ok(Tool {
+        params: Sandbox::to_dynamic(&meta.params),
+        levels: meta.outcomes.iter().map(|o| o.level.clone()).collect(),
+        title,
+        schema,
+        rules_source,
+        plugin_chain,
+        source,
+        digest,
+        schema_path,
+        rules_path,
+        form,
+        script,
+        sandbox: Arc::clone(sandbox),
+        meta,
+    })
 }
 
 fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<String> {

@@ -10,14 +10,17 @@
 //! sees it: a breach is an error of the tool, never a decision.
 
 mod convert;
+mod imports;
 mod outcome;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rhai::module_resolvers::StaticModuleResolver;
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
 use serde_json::Value;
 
+pub use imports::{imports, Import};
 pub use outcome::{Outcome, Reason};
 
 use crate::forms::Violation;
@@ -121,8 +124,29 @@ pub struct Script {
 }
 
 impl Sandbox {
-    /// An engine with every bound of `limits` set and imports served only by `modules`.
-    pub fn new(limits: Limits, modules: StaticModuleResolver) -> Self {
+    /// An engine with every bound of `limits` set and nothing importable.
+    pub fn new(limits: Limits) -> Self {
+        Self::with_resolver(limits, StaticModuleResolver::new())
+    }
+
+    /// An engine whose scripts may `import` each of `sources` by its key (a core tool id).
+    /// A source that does not compile is left out: it is reported where its own tool loads, and
+    /// an import of it then fails with "module not found".
+    pub fn with_modules(limits: Limits, sources: &BTreeMap<String, String>) -> Self {
+        let plain = Self::new(limits);
+        let mut resolver = StaticModuleResolver::new();
+        for (path, source) in sources {
+            let Ok(ast) = plain.engine.compile(source) else {
+                continue;
+            };
+            if let Ok(module) = Module::eval_ast_as_new(Scope::new(), &ast, &plain.engine) {
+                resolver.insert(path.as_str(), module);
+            }
+        }
+        Self::with_resolver(limits, resolver)
+    }
+
+    fn with_resolver(limits: Limits, modules: StaticModuleResolver) -> Self {
         let mut engine = Engine::new();
         engine
             .set_max_operations(limits.max_operations)
@@ -147,12 +171,22 @@ impl Sandbox {
 
     /// A sandbox with default limits and nothing importable.
     pub fn with_defaults() -> Self {
-        Self::new(Limits::default(), StaticModuleResolver::new())
+        Self::new(Limits::default())
     }
 
     /// Compiles `source`, resolving its imports now so the AST carries the exact modules it was
     /// built with, and checks that it defines `decide(form, params)`.
     pub fn compile(&self, source: &str) -> Result<Script, CompileError> {
+        if let Some(import) = imports(source).into_iter().find(|i| i.top_level) {
+            return Err(CompileError {
+                message: format!(
+                    "`import \"{}\"` is at the top level, where it never runs: `decide` is called without re-running the script's top level; put the import inside `fn decide`",
+                    import.path
+                ),
+                line: Some(import.line),
+                column: Some(import.column),
+            });
+        }
         let ast = self
             .engine
             .compile_into_self_contained(&Scope::new(), source)
@@ -301,9 +335,35 @@ mod tests {
     #[test]
     fn imports_from_the_file_system_are_refused() {
         let err = Sandbox::with_defaults()
-            .compile(r#"import "/etc/passwd" as p; fn decide(form, params) { 1 }"#)
+            .compile(r#"fn decide(form, params) { import "/etc/passwd" as p; 1 }"#)
             .unwrap_err();
         assert!(err.message.to_lowercase().contains("module"), "{err:?}");
+    }
+
+    #[test]
+    fn a_top_level_import_is_refused_with_its_place() {
+        let err = Sandbox::with_defaults()
+            .compile("\nimport \"x\" as x;\nfn decide(form, params) { 1 }")
+            .unwrap_err();
+        assert!(err.message.contains("inside `fn decide`"), "{err:?}");
+        assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn a_catalog_module_is_importable_inside_decide() {
+        let sources = BTreeMap::from([(
+            "core".to_owned(),
+            r#"fn decide(form, params) { #{level: "low", recommendation: "r", explanation: "e", reasons: [], score: 0} }"#.to_owned(),
+        )]);
+        let sandbox = Sandbox::with_modules(Limits::default(), &sources);
+        let script = sandbox
+            .compile(r#"fn decide(form, params) { import "core" as core; let r = core::decide(form, params); r.level = "high"; r }"#)
+            .unwrap();
+        // Evaluated by a sandbox with nothing importable: the AST carries its module.
+        let out = Sandbox::with_defaults()
+            .decide(&script, &json!({}), &Dynamic::UNIT, LEVELS)
+            .unwrap();
+        assert_eq!(out.level, "high");
     }
 
     #[test]
