@@ -48,7 +48,12 @@ impl Server {
             None
         };
         let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>));
-        let state = AppState::new(decisions, tokens, config.body_limit_bytes);
+        let state = AppState::new(
+            decisions,
+            tokens,
+            config.body_limit_bytes,
+            config.tools_dir.clone(),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;

@@ -54,6 +54,8 @@ pub enum ApiError {
     ScriptLimit(String),
     #[error("the tool could not decide; the tool owner has the details in the service log")]
     ToolFailed(String),
+    #[error("the catalog on disk has {} problem(s); the catalog in force keeps serving", .0.len())]
+    CatalogInvalid(Vec<Violation>),
     #[error("the service is not ready")]
     Unavailable,
     #[error("something went wrong on our side; it has been logged")]
@@ -152,6 +154,11 @@ impl ApiError {
                 "The tool failed",
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
+            CatalogInvalid(_) => (
+                "catalog-invalid",
+                "The catalog has problems",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             Unavailable => (
                 "unavailable",
                 "Service unavailable",
@@ -173,7 +180,7 @@ impl ApiError {
     pub fn to_problem(&self) -> Problem {
         let (slug, title, status) = self.problem();
         let errors = match self {
-            ApiError::InvalidForm(v) => v.clone(),
+            ApiError::InvalidForm(v) | ApiError::CatalogInvalid(v) => v.clone(),
             ApiError::InvalidRequest { field, message }
             | ApiError::InvalidOverride { field, message } => {
                 vec![Violation {

@@ -4,6 +4,7 @@
 //! Every error goes through [`ApiError`] (one table maps each to an RFC 9457 problem); every
 //! route but health, readiness, metrics and the API description needs a bearer token.
 
+mod admin;
 mod auth;
 mod cases;
 mod decisions;
@@ -40,11 +41,19 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Where the catalog is reloaded from.
+    pub tools_dir: std::path::PathBuf,
 }
 
 impl AppState {
-    pub fn new(decisions: Arc<Decisions>, tokens: Tokens, body_limit: usize) -> Self {
+    pub fn new(
+        decisions: Arc<Decisions>,
+        tokens: Tokens,
+        body_limit: usize,
+        tools_dir: std::path::PathBuf,
+    ) -> Self {
         AppState {
+            tools_dir,
             decisions,
             tokens: Arc::new(RwLock::new(tokens)),
             ready: Arc::new(AtomicBool::new(true)),
@@ -78,6 +87,7 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
         (name = "tools", description = "The catalog of assessment tools"),
         (name = "decisions", description = "Decisions, their revisions, overrides and approvals"),
         (name = "cases", description = "A case's decisions and journey"),
+        (name = "admin", description = "Operating the service"),
     )
 )]
 struct ApiDoc;
@@ -117,6 +127,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(decisions::decision_override))
         .routes(routes!(decisions::decision_approve))
+        .routes(routes!(admin::catalog_reload))
         .split_for_parts()
 }
 

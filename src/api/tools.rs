@@ -45,7 +45,7 @@ pub struct ToolDetail {
     pub review_after_days: Option<u32>,
 }
 
-fn summary(tool: &Tool) -> ToolSummary {
+pub(super) fn summary(tool: &Tool) -> ToolSummary {
     ToolSummary {
         id: tool.id().to_owned(),
         title: tool.title.clone(),

@@ -57,16 +57,23 @@ impl LoadError {
     }
 }
 
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+impl LoadError {
+    /// `file[:line[:column]]`.
+    pub fn location(&self) -> String {
+        let mut at = self.file.display().to_string();
         if let Some(line) = self.line {
-            write!(f, ":{line}")?;
+            at.push_str(&format!(":{line}"));
             if let Some(column) = self.column {
-                write!(f, ":{column}")?;
+                at.push_str(&format!(":{column}"));
             }
         }
-        write!(f, ": {}", self.message)
+        at
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location(), self.message)
     }
 }
 
