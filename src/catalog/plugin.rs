@@ -32,7 +32,7 @@ pub const MANIFEST: &str = "plugin.toml";
 pub struct Manifest {
     /// The plugin's name; must equal its folder's name.
     pub name: String,
-    /// The plugin's own version label, recorded in the digest of every tool it changes.
+    /// The plugin's own version label, recorded in the digest of every tool it adds or changes.
     pub version: String,
     /// What the plugin is for, in a sentence or two.
     pub description: String,
@@ -186,7 +186,19 @@ fn apply_one(
                 &manifest_path,
                 format!("`tools` lists {id:?}, which is already a tool; change an existing tool under [overrides.{id}]"),
             )),
-            Some(parts) => {
+            Some(mut parts) => {
+                // A local tool's digest covers the plugin that adds it, and it may import core
+                // scripts like a replacement script can.
+                let mut entry = Map::new();
+                entry.insert("plugin".into(), json!(manifest.name));
+                entry.insert("version".into(), json!(manifest.version));
+                entry.insert("adds".into(), json!(id));
+                let needed = needed_imports(&parts.rules_source, &parts.rules_path, core_sources, errors);
+                if !needed.is_empty() {
+                    entry.insert("imports".into(), json!(needed));
+                }
+                parts.imports = needed;
+                parts.plugin_chain.push(Value::Object(entry));
                 working.insert(id.clone(), parts);
             }
         }
@@ -290,24 +302,7 @@ pub(crate) fn apply_change(
 
     if let Some(source) = &change.rules {
         let file = files.rules.as_ref().unwrap_or(&files.manifest);
-        let mut needed = BTreeMap::new();
-        for import in imports(source) {
-            match core_sources.get(&import.path) {
-                Some(core) => {
-                    needed.insert(import.path.clone(), core.clone());
-                }
-                None => errors.push(
-                    LoadError::new(
-                        file,
-                        format!(
-                            "imports {:?}, which is not a core tool; only core tools' scripts can be imported",
-                            import.path
-                        ),
-                    )
-                    .at(Some(import.line), Some(import.column)),
-                ),
-            }
-        }
+        let needed = needed_imports(source, file, core_sources, errors);
         parts.rules_source = source.clone();
         parts.rules_path = file.clone();
         parts.imports = needed.clone();
@@ -319,6 +314,34 @@ pub(crate) fn apply_change(
 
     parts.plugin_chain.push(Value::Object(entry));
     parts.source = ToolSource::Plugin(plugin.name.clone());
+}
+
+/// The core scripts `source` imports, by import path; an import of anything else is an error.
+fn needed_imports(
+    source: &str,
+    file: &Path,
+    core_sources: &BTreeMap<String, String>,
+    errors: &mut Vec<LoadError>,
+) -> BTreeMap<String, String> {
+    let mut needed = BTreeMap::new();
+    for import in imports(source) {
+        match core_sources.get(&import.path) {
+            Some(core) => {
+                needed.insert(import.path.clone(), core.clone());
+            }
+            None => errors.push(
+                LoadError::new(
+                    file,
+                    format!(
+                        "imports {:?}, which is not a core tool; only core tools' scripts can be imported",
+                        import.path
+                    ),
+                )
+                .at(Some(import.line), Some(import.column)),
+            ),
+        }
+    }
+    needed
 }
 
 /// Merges `over` into `base`; every key of `over` must exist in `base`, and an object may only

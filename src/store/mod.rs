@@ -188,6 +188,28 @@ pub struct Head {
     pub hash: String,
 }
 
+/// A tool version: when it was first served, when it was used and how many decisions it made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    pub tool: String,
+    /// The human label.
+    pub version: String,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_served_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_used_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    /// Decisions this version made: submissions and amendments evaluated with it.
+    pub decisions: u64,
+}
+
+/// Decodes a stored revision.
+pub fn decode_revision(bytes: &[u8]) -> StoreResult<Revision> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// The decision store.
 pub trait Store: Send + Sync + 'static {
     /// Appends `draft` under `precondition`; resolves once the revision is durable on disk.
@@ -204,6 +226,16 @@ pub trait Store: Send + Sync + 'static {
     fn head(&self) -> StoreResult<Head>;
     /// Every revision with `seq >= from`, in journal order, read lazily.
     fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send>;
+    /// The stored bytes of every revision with `seq >= from`, in journal order: what `verify`
+    /// hashes, so nothing is lost to a round trip through the revision type.
+    fn journal_raw(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send>;
+    /// The stored bytes of the latest revision of every decision made with `tool` (every
+    /// decision when `None`), read lazily. Decode with [`decode_revision`].
+    fn latest_raw(&self, tool: Option<&str>) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send>;
+    /// Records that a tool version is being served, and stores its snapshot, if new.
+    fn register_version(&self, tool: &ToolRef, snapshot: &Value) -> StoreResult<()>;
+    /// Every version of a tool ever served or used, oldest first.
+    fn versions(&self, tool_id: &str) -> StoreResult<Vec<VersionInfo>>;
     /// Every stored API token.
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Stores a token record durably.

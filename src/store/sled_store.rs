@@ -52,7 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{revision_hash, GENESIS_HASH};
 use super::{
-    AppendFuture, Appended, Draft, Head, Precondition, Revision, Store, StoreError, StoreResult,
+    AppendFuture, Appended, Draft, Head, Precondition, Revision, RevisionKind, Store, StoreError,
+    StoreResult,
 };
 use crate::auth::TokenRecord;
 
@@ -134,6 +135,7 @@ impl SledStore {
             head,
             last_millis: 0,
             known_snapshots,
+            usage: HashMap::new(),
             failed: Arc::new(AtomicBool::new(false)),
             max_batch: match options.durability {
                 Durability::Group => options.max_batch.max(1),
@@ -242,6 +244,104 @@ impl Store for SledStore {
         Box::new(iter)
     }
 
+    fn journal_raw(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send> {
+        let iter = self
+            .db
+            .range(journal_key(from).to_vec()..b"k".to_vec())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let seq: [u8; 8] = key[1..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("journal key {key:?} is not 9 bytes")))?;
+                Ok((u64::from_be_bytes(seq), value.to_vec()))
+            });
+        Box::new(iter)
+    }
+
+    fn latest_raw(&self, tool: Option<&str>) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send> {
+        let db = self.db.clone();
+        match tool {
+            // Every decision: walk the decision index, which is sorted by decision then
+            // revision, and keep the last revision of each decision.
+            None => Box::new(LatestOfEach {
+                db: db.clone(),
+                keys: db.scan_prefix(b"d"),
+                pending: None,
+            }),
+            // One tool: walk its index and keep the revisions that are their decision's latest.
+            Some(tool) => {
+                let prefix = [b"t".as_slice(), tool.as_bytes(), &[0]].concat();
+                Box::new(db.clone().scan_prefix(prefix).filter_map(move |entry| {
+                    let result = (|| {
+                        let (key, decision) = entry?;
+                        let seq = &key[key.len() - 8..];
+                        let latest = db
+                            .scan_prefix(decision_prefix(std::str::from_utf8(&decision).unwrap_or_default()))
+                            .values()
+                            .next_back()
+                            .transpose()?;
+                        if latest.as_deref() != Some(seq) {
+                            return Ok(None);
+                        }
+                        let bytes = db
+                            .get([b"j".as_slice(), seq].concat())?
+                            .ok_or_else(|| StoreError::Corrupt("tool index names a missing revision".into()))?;
+                        Ok(Some(bytes.to_vec()))
+                    })();
+                    result.transpose()
+                }))
+            }
+        }
+    }
+
+    fn register_version(&self, tool: &super::ToolRef, snapshot: &Value) -> StoreResult<()> {
+        let key = version_key(b'v', &tool.id, &tool.digest);
+        if self.db.contains_key(&key)? {
+            return Ok(());
+        }
+        let record = super::VersionInfo {
+            tool: tool.id.clone(),
+            version: tool.version.clone(),
+            digest: tool.digest.clone(),
+            first_served_at: Some(now_rfc3339()),
+            first_used_at: None,
+            last_used_at: None,
+            decisions: 0,
+        };
+        let snapshot_key = [b"s".as_slice(), tool.digest.as_bytes()].concat();
+        let mut batch = sled::Batch::default();
+        if !self.db.contains_key(&snapshot_key)? {
+            batch.insert(snapshot_key, encode(snapshot));
+        }
+        batch.insert(key, encode(&record));
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        File::open(&self.data_path)?.sync_data()?;
+        Ok(())
+    }
+
+    fn versions(&self, tool_id: &str) -> StoreResult<Vec<super::VersionInfo>> {
+        let mut by_digest: std::collections::BTreeMap<String, super::VersionInfo> = Default::default();
+        let prefix = |tag: u8| [&[tag][..], tool_id.as_bytes(), &[0]].concat();
+        for value in self.db.scan_prefix(prefix(b'v')).values() {
+            let record: super::VersionInfo = decode(&value?)?;
+            by_digest.insert(record.digest.clone(), record);
+        }
+        for value in self.db.scan_prefix(prefix(b'u')).values() {
+            let usage: super::VersionInfo = decode(&value?)?;
+            let entry = by_digest.entry(usage.digest.clone()).or_insert_with(|| usage.clone());
+            entry.first_used_at = usage.first_used_at;
+            entry.last_used_at = usage.last_used_at;
+            entry.decisions = usage.decisions;
+        }
+        let mut versions: Vec<_> = by_digest.into_values().collect();
+        versions.sort_by(|a, b| {
+            let key = |v: &super::VersionInfo| v.first_served_at.clone().or(v.first_used_at.clone());
+            key(a).cmp(&key(b))
+        });
+        Ok(versions)
+    }
+
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         self.db
             .scan_prefix(b"k")
@@ -257,6 +357,57 @@ impl Store for SledStore {
         File::open(&self.data_path)?.sync_data()?;
         Ok(())
     }
+}
+
+/// Walks the decision index and yields the latest revision of each decision.
+struct LatestOfEach {
+    db: sled::Db,
+    keys: sled::Iter,
+    /// The decision being walked (its index prefix) and its latest sequence key so far.
+    pending: Option<(Vec<u8>, sled::IVec)>,
+}
+
+impl LatestOfEach {
+    fn fetch(&self, seq: &[u8]) -> StoreResult<Vec<u8>> {
+        self.db
+            .get([b"j".as_slice(), seq].concat())?
+            .map(|v| v.to_vec())
+            .ok_or_else(|| StoreError::Corrupt("decision index names a missing revision".into()))
+    }
+}
+
+impl Iterator for LatestOfEach {
+    type Item = StoreResult<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.keys.next() {
+                Some(Ok((key, seq))) => {
+                    let decision = key[..key.len() - 4].to_vec();
+                    match self.pending.take() {
+                        Some((current, latest)) if current != decision => {
+                            self.pending = Some((decision, seq));
+                            return Some(self.fetch(&latest));
+                        }
+                        _ => self.pending = Some((decision, seq)),
+                    }
+                }
+                Some(Err(e)) => return Some(Err(e.into())),
+                None => {
+                    let (_, latest) = self.pending.take()?;
+                    return Some(self.fetch(&latest));
+                }
+            }
+        }
+    }
+}
+
+fn version_key(tag: u8, tool: &str, digest: &str) -> Vec<u8> {
+    [&[tag][..], tool.as_bytes(), &[0], digest.as_bytes()].concat()
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn decision_prefix(decision_id: &str) -> Vec<u8> {
@@ -296,6 +447,8 @@ struct Writer {
     head: Head,
     last_millis: i64,
     known_snapshots: HashSet<String>,
+    /// Usage of each tool version, as last written, keyed like the store's `u` records.
+    usage: HashMap<Vec<u8>, super::VersionInfo>,
     /// Set when a batch could not be made durable: from then on nothing is acknowledged, since
     /// what is on disk can no longer be known without a restart (which recovers it).
     failed: Arc<AtomicBool>,
@@ -463,6 +616,9 @@ impl Writer {
         batch.insert(t_key, revision.decision_id.as_bytes());
         let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
         batch.insert(w_key, b"".as_slice());
+        if matches!(revision.kind, RevisionKind::Submitted | RevisionKind::Amended) {
+            self.count_use(&revision, batch)?;
+        }
         let digest = &revision.tool.digest;
         if !self.known_snapshots.contains(digest) && overlay.snapshots.insert(digest.clone()) {
             batch.insert(
@@ -497,6 +653,33 @@ impl Writer {
             revision,
             replayed: false,
         })
+    }
+
+    /// Counts a decision made by a tool version, for `versions`.
+    fn count_use(&mut self, revision: &Revision, batch: &mut sled::Batch) -> StoreResult<()> {
+        let key = version_key(b'u', &revision.tool.id, &revision.tool.digest);
+        let usage = match self.usage.get_mut(&key) {
+            Some(usage) => usage,
+            None => {
+                let loaded = match self.db.get(&key)? {
+                    Some(bytes) => decode(&bytes)?,
+                    None => super::VersionInfo {
+                        tool: revision.tool.id.clone(),
+                        version: revision.tool.version.clone(),
+                        digest: revision.tool.digest.clone(),
+                        first_served_at: None,
+                        first_used_at: Some(revision.recorded_at.clone()),
+                        last_used_at: None,
+                        decisions: 0,
+                    },
+                };
+                self.usage.entry(key.clone()).or_insert(loaded)
+            }
+        };
+        usage.decisions += 1;
+        usage.last_used_at = Some(revision.recorded_at.clone());
+        batch.insert(key, encode(usage));
+        Ok(())
     }
 
     /// The first decision made under `key`, if the key was used before with the same request.
