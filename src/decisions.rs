@@ -81,12 +81,14 @@ pub struct Decisions {
 }
 
 impl Decisions {
-    pub fn new(catalog: Catalog, store: Arc<dyn Store>) -> Self {
-        Decisions {
+    /// The service over `store`, serving `catalog`, whose versions it records first.
+    pub fn new(catalog: Catalog, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        register_versions(store.as_ref(), &catalog)?;
+        Ok(Decisions {
             catalog: RwLock::new(Arc::new(catalog)),
             store,
             metas: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The catalog in force now.
@@ -94,9 +96,12 @@ impl Decisions {
         Arc::clone(&self.catalog.read().expect("catalog lock poisoned"))
     }
 
-    /// Puts `catalog` in force for every request that starts from now on.
-    pub fn replace_catalog(&self, catalog: Catalog) {
+    /// Puts `catalog` in force for every request that starts from now on, after recording every
+    /// version it serves (so `versions` lists a version from the moment it is served).
+    pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), StoreError> {
+        register_versions(self.store.as_ref(), &catalog)?;
         *self.catalog.write().expect("catalog lock poisoned") = Arc::new(catalog);
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -307,6 +312,13 @@ impl Decisions {
             .insert(tool.digest.clone(), Arc::clone(&meta));
         Ok(meta)
     }
+}
+
+fn register_versions(store: &dyn Store, catalog: &Catalog) -> Result<(), StoreError> {
+    for tool in catalog.tools() {
+        store.register_version(&tool_ref(tool), &tool.snapshot())?;
+    }
+    Ok(())
 }
 
 /// The reference a decision keeps to the tool version that made it.

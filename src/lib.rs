@@ -15,6 +15,7 @@
 //! - [`cli`]: the `safeguard` command line.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod check;

@@ -47,7 +47,7 @@ impl Server {
         } else {
             None
         };
-        let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>));
+        let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>)?);
         let state = AppState::new(
             decisions,
             tokens,

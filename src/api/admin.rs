@@ -65,7 +65,10 @@ pub async fn catalog_reload(
             .map(|t| t.id().to_owned()),
     );
     let tools = catalog.tools().map(|t| summary(t)).collect();
-    state.decisions.replace_catalog(catalog);
+    state
+        .decisions
+        .replace_catalog(catalog)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     tracing::info!(changed = ?changed, "catalog reloaded");
     Ok(Json(Reloaded { tools, changed }))
 }

@@ -38,6 +38,10 @@ pub enum ApiError {
     UnknownTool(String),
     #[error("there is no decision {0:?}")]
     UnknownDecision(String),
+    #[error("no version {0} of this tool is stored")]
+    UnknownVersion(String),
+    #[error("the candidate does not load")]
+    CandidateInvalid(Vec<Violation>),
     #[error("there is nothing at this address")]
     NotFound,
     #[error("{message}")]
@@ -122,6 +126,16 @@ impl ApiError {
                 "Unknown decision",
                 StatusCode::NOT_FOUND,
             ),
+            UnknownVersion(_) => (
+                "unknown-version",
+                "Unknown tool version",
+                StatusCode::NOT_FOUND,
+            ),
+            CandidateInvalid(_) => (
+                "candidate-invalid",
+                "The candidate does not load",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
             InvalidOverride { .. } => (
                 "invalid-override",
@@ -180,7 +194,9 @@ impl ApiError {
     pub fn to_problem(&self) -> Problem {
         let (slug, title, status) = self.problem();
         let errors = match self {
-            ApiError::InvalidForm(v) | ApiError::CatalogInvalid(v) => v.clone(),
+            ApiError::InvalidForm(v)
+            | ApiError::CatalogInvalid(v)
+            | ApiError::CandidateInvalid(v) => v.clone(),
             ApiError::InvalidRequest { field, message }
             | ApiError::InvalidOverride { field, message } => {
                 vec![Violation {

@@ -5,6 +5,7 @@
 //! route but health, readiness, metrics and the API description needs a bearer token.
 
 mod admin;
+mod audit;
 mod auth;
 mod cases;
 mod decisions;
@@ -88,6 +89,7 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
         (name = "decisions", description = "Decisions, their revisions, overrides and approvals"),
         (name = "cases", description = "A case's decisions and journey"),
         (name = "admin", description = "Operating the service"),
+        (name = "audit", description = "Versions, replay and impact analysis, export, verification"),
     )
 )]
 struct ApiDoc;
@@ -128,6 +130,11 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::decision_override))
         .routes(routes!(decisions::decision_approve))
         .routes(routes!(admin::catalog_reload))
+        .routes(routes!(audit::versions_list))
+        .routes(routes!(audit::version_get))
+        .routes(routes!(audit::audit_replay))
+        .routes(routes!(audit::audit_export))
+        .routes(routes!(audit::audit_verify))
         .split_for_parts()
 }
 

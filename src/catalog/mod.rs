@@ -81,6 +81,8 @@ impl fmt::Display for LoadError {
 #[derive(Debug)]
 pub struct Catalog {
     tools: BTreeMap<String, Arc<Tool>>,
+    /// The core tools' scripts, by id: what plugin and candidate scripts may import.
+    core_sources: BTreeMap<String, String>,
     /// Ids whose files exist but did not load (only ever non-empty from `load_partial`).
     broken: BTreeSet<String>,
     root: PathBuf,
@@ -164,6 +166,7 @@ impl Catalog {
         }
         let catalog = Catalog {
             tools,
+            core_sources,
             broken,
             root: root.to_owned(),
         };
@@ -185,6 +188,11 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
+    }
+
+    /// The core tools' scripts, by id.
+    pub fn core_sources(&self) -> &BTreeMap<String, String> {
+        &self.core_sources
     }
 
     /// Whether `id` has files that did not load.
@@ -398,6 +406,7 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         source,
         schema_path,
         rules_path,
+        imports,
         ..
     } = parts;
     let title = schema
@@ -425,8 +434,98 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         form,
         script,
         sandbox: Arc::clone(sandbox),
+        imports,
         meta,
     })
+}
+
+/// Rebuilds the exact tool version a stored snapshot describes: what replay runs when it
+/// re-runs a decision with the version that made it.
+pub fn rebuild(snapshot: &Value, limits: Limits) -> Result<Tool, Vec<LoadError>> {
+    let digest = digest(snapshot);
+    let label = PathBuf::from(format!("snapshot {digest}"));
+    let broken = |message: &str| vec![LoadError::new(&label, message.to_owned())];
+    let schema = snapshot
+        .get("schema")
+        .cloned()
+        .ok_or_else(|| broken("the snapshot has no schema"))?;
+    let rules_source = snapshot
+        .get("rules")
+        .and_then(Value::as_str)
+        .ok_or_else(|| broken("the snapshot has no rules"))?
+        .to_owned();
+    let plugin_chain: Vec<Value> = snapshot
+        .get("plugins")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let meta: ToolMeta =
+        serde_json::from_value(schema.get("x-tool").cloned().unwrap_or(Value::Null))
+            .map_err(|e| broken(&format!("the snapshot's x-tool does not parse: {e}")))?;
+    let mut imports = BTreeMap::new();
+    for entry in &plugin_chain {
+        if let Some(map) = entry.get("imports").and_then(Value::as_object) {
+            for (path, source) in map {
+                if let Some(source) = source.as_str() {
+                    imports.insert(path.clone(), source.to_owned());
+                }
+            }
+        }
+    }
+    let source = plugin_chain
+        .last()
+        .and_then(|e| e.get("plugin"))
+        .and_then(Value::as_str)
+        .map_or(ToolSource::Core, |name| ToolSource::Plugin(name.to_owned()));
+    let sandbox = Arc::new(Sandbox::with_modules(limits, &imports));
+    let parts = Parts {
+        schema,
+        meta,
+        rules_source,
+        plugin_chain,
+        imports,
+        source,
+        schema_path: label.clone(),
+        rules_path: label,
+        schema_text: None,
+    };
+    build(parts, &sandbox)
+}
+
+/// `base` changed as a plugin override would change it: a candidate for replay's impact
+/// analysis. `core_sources` are the scripts the candidate's rules may import.
+pub fn candidate(
+    base: &Tool,
+    change: &Change,
+    core_sources: &BTreeMap<String, String>,
+    limits: Limits,
+) -> Result<Tool, Vec<LoadError>> {
+    let mut parts = base.parts();
+    let manifest = Manifest {
+        name: "candidate".into(),
+        version: "candidate".into(),
+        description: String::new(),
+        tools: Vec::new(),
+        overrides: BTreeMap::new(),
+    };
+    let files = plugin::ChangeFiles {
+        manifest: PathBuf::from("candidate"),
+        ..Default::default()
+    };
+    let mut errors = Vec::new();
+    plugin::apply_change(
+        &mut parts,
+        &manifest,
+        change,
+        &files,
+        core_sources,
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let sandbox = Arc::new(Sandbox::with_modules(limits, &parts.imports));
+    build(parts, &sandbox)
 }
 
 fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<String> {

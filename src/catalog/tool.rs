@@ -127,6 +127,8 @@ pub struct Tool {
     pub(crate) params: Dynamic,
     pub(crate) levels: Vec<String>,
     pub(crate) sandbox: Arc<Sandbox>,
+    /// Sources of the core scripts the rules import, by import path.
+    pub(crate) imports: std::collections::BTreeMap<String, String>,
 }
 
 impl Tool {
@@ -162,6 +164,21 @@ impl Tool {
             &self.meta.params,
             &self.plugin_chain,
         )
+    }
+
+    /// The content this tool was built from, to build a changed version of it.
+    pub(crate) fn parts(&self) -> super::Parts {
+        super::Parts {
+            schema: self.schema.clone(),
+            meta: self.meta.clone(),
+            rules_source: self.rules_source.clone(),
+            plugin_chain: self.plugin_chain.clone(),
+            imports: self.imports.clone(),
+            source: self.source.clone(),
+            schema_path: self.schema_path.clone(),
+            rules_path: self.rules_path.clone(),
+            schema_text: None,
+        }
     }
 
     /// The split-out steps of [`Tool::evaluate`], for the benchmark that times each.

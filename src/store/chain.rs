@@ -18,7 +18,7 @@ pub fn revision_hash(revision: &Revision) -> String {
 }
 
 /// The same, over a revision already parsed as JSON (as `verify` reads it from disk).
-pub(crate) fn hash_value_without_hash(value: &mut Value) -> String {
+pub fn hash_value_without_hash(value: &mut Value) -> String {
     if let Some(map) = value.as_object_mut() {
         map.remove("hash");
     }

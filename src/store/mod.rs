@@ -14,7 +14,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use chain::{revision_hash, GENESIS_HASH};
+pub use chain::{hash_value_without_hash, revision_hash, GENESIS_HASH};
 pub use sled_store::{Durability, SledStore, StoreOptions};
 
 use crate::auth::{Role, TokenRecord};
@@ -228,10 +228,16 @@ pub trait Store: Send + Sync + 'static {
     fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send>;
     /// The stored bytes of every revision with `seq >= from`, in journal order: what `verify`
     /// hashes, so nothing is lost to a round trip through the revision type.
-    fn journal_raw(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send>;
+    fn journal_raw(
+        &self,
+        from: u64,
+    ) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send>;
     /// The stored bytes of the latest revision of every decision made with `tool` (every
     /// decision when `None`), read lazily. Decode with [`decode_revision`].
-    fn latest_raw(&self, tool: Option<&str>) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send>;
+    fn latest_raw(
+        &self,
+        tool: Option<&str>,
+    ) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send>;
     /// Records that a tool version is being served, and stores its snapshot, if new.
     fn register_version(&self, tool: &ToolRef, snapshot: &Value) -> StoreResult<()>;
     /// Every version of a tool ever served or used, oldest first.

@@ -244,21 +244,27 @@ impl Store for SledStore {
         Box::new(iter)
     }
 
-    fn journal_raw(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send> {
+    fn journal_raw(
+        &self,
+        from: u64,
+    ) -> Box<dyn Iterator<Item = StoreResult<(u64, Vec<u8>)>> + Send> {
         let iter = self
             .db
             .range(journal_key(from).to_vec()..b"k".to_vec())
             .map(|entry| {
                 let (key, value) = entry?;
-                let seq: [u8; 8] = key[1..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt(format!("journal key {key:?} is not 9 bytes")))?;
+                let seq: [u8; 8] = key[1..].try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("journal key {key:?} is not 9 bytes"))
+                })?;
                 Ok((u64::from_be_bytes(seq), value.to_vec()))
             });
         Box::new(iter)
     }
 
-    fn latest_raw(&self, tool: Option<&str>) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send> {
+    fn latest_raw(
+        &self,
+        tool: Option<&str>,
+    ) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + Send> {
         let db = self.db.clone();
         match tool {
             // Every decision: walk the decision index, which is sorted by decision then
@@ -276,16 +282,18 @@ impl Store for SledStore {
                         let (key, decision) = entry?;
                         let seq = &key[key.len() - 8..];
                         let latest = db
-                            .scan_prefix(decision_prefix(std::str::from_utf8(&decision).unwrap_or_default()))
+                            .scan_prefix(decision_prefix(
+                                std::str::from_utf8(&decision).unwrap_or_default(),
+                            ))
                             .values()
                             .next_back()
                             .transpose()?;
                         if latest.as_deref() != Some(seq) {
                             return Ok(None);
                         }
-                        let bytes = db
-                            .get([b"j".as_slice(), seq].concat())?
-                            .ok_or_else(|| StoreError::Corrupt("tool index names a missing revision".into()))?;
+                        let bytes = db.get([b"j".as_slice(), seq].concat())?.ok_or_else(|| {
+                            StoreError::Corrupt("tool index names a missing revision".into())
+                        })?;
                         Ok(Some(bytes.to_vec()))
                     })();
                     result.transpose()
@@ -321,7 +329,8 @@ impl Store for SledStore {
     }
 
     fn versions(&self, tool_id: &str) -> StoreResult<Vec<super::VersionInfo>> {
-        let mut by_digest: std::collections::BTreeMap<String, super::VersionInfo> = Default::default();
+        let mut by_digest: std::collections::BTreeMap<String, super::VersionInfo> =
+            Default::default();
         let prefix = |tag: u8| [&[tag][..], tool_id.as_bytes(), &[0]].concat();
         for value in self.db.scan_prefix(prefix(b'v')).values() {
             let record: super::VersionInfo = decode(&value?)?;
@@ -329,14 +338,17 @@ impl Store for SledStore {
         }
         for value in self.db.scan_prefix(prefix(b'u')).values() {
             let usage: super::VersionInfo = decode(&value?)?;
-            let entry = by_digest.entry(usage.digest.clone()).or_insert_with(|| usage.clone());
+            let entry = by_digest
+                .entry(usage.digest.clone())
+                .or_insert_with(|| usage.clone());
             entry.first_used_at = usage.first_used_at;
             entry.last_used_at = usage.last_used_at;
             entry.decisions = usage.decisions;
         }
         let mut versions: Vec<_> = by_digest.into_values().collect();
         versions.sort_by(|a, b| {
-            let key = |v: &super::VersionInfo| v.first_served_at.clone().or(v.first_used_at.clone());
+            let key =
+                |v: &super::VersionInfo| v.first_served_at.clone().or(v.first_used_at.clone());
             key(a).cmp(&key(b))
         });
         Ok(versions)
@@ -616,7 +628,10 @@ impl Writer {
         batch.insert(t_key, revision.decision_id.as_bytes());
         let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
         batch.insert(w_key, b"".as_slice());
-        if matches!(revision.kind, RevisionKind::Submitted | RevisionKind::Amended) {
+        if matches!(
+            revision.kind,
+            RevisionKind::Submitted | RevisionKind::Amended
+        ) {
             self.count_use(&revision, batch)?;
         }
         let digest = &revision.tool.digest;

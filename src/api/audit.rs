@@ -1,0 +1,215 @@
+//! Audit routes (auditor only, versions also admin): tool versions, replay, export, verify.
+//! The work runs on blocking threads: it walks the store and uses every core.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::Caller;
+use super::{ApiError, AppState, Json};
+use crate::audit::export::{self, Filter};
+use crate::audit::replay::{self, ReplayError, ReplayReport, ReplayRequest};
+use crate::audit::verify::{self, VerifyReport};
+use crate::auth::Role;
+use crate::forms::Violation;
+use crate::rules::Limits;
+use crate::store::VersionInfo;
+
+const AUDITORS: &[Role] = &[Role::Auditor];
+const VERSION_READERS: &[Role] = &[Role::Auditor, Role::Admin];
+
+/// Every version of a tool ever served or used, oldest first.
+#[utoipa::path(get, path = "/v1/tools/{tool}/versions", tag = "audit", security(("bearer" = [])),
+    params(("tool" = String, Path, description = "The tool id")),
+    responses(
+        (status = 200, description = "The versions", body = Vec<VersionInfo>),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn versions_list(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(tool): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    caller.require(VERSION_READERS)?;
+    let versions = state
+        .decisions
+        .store()
+        .versions(&tool)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if versions.is_empty() && state.decisions.catalog().get(&tool).is_none() {
+        return Err(ApiError::UnknownTool(tool));
+    }
+    Ok(Json(versions))
+}
+
+/// One version with its full snapshot: everything needed to re-run it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionDetail {
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// `{schema, rules, params, plugins}`: what the digest covers.
+    #[schema(value_type = Object)]
+    pub snapshot: Value,
+}
+
+/// One version of a tool, with its snapshot.
+#[utoipa::path(get, path = "/v1/tools/{tool}/versions/{digest}", tag = "audit", security(("bearer" = [])),
+    params(("tool" = String, Path, description = "The tool id"), ("digest" = String, Path, description = "sha256:<hex>")),
+    responses(
+        (status = 200, description = "The version", body = VersionDetail),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such version", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn version_get(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((tool, digest)): Path<(String, String)>,
+) -> Result<Json<VersionDetail>, ApiError> {
+    caller.require(VERSION_READERS)?;
+    let store = state.decisions.store();
+    let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+    let info = store
+        .versions(&tool)
+        .map_err(internal)?
+        .into_iter()
+        .find(|v| v.digest == digest)
+        .ok_or_else(|| ApiError::UnknownVersion(digest.clone()))?;
+    let snapshot = store
+        .snapshot(&digest)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::UnknownVersion(digest.clone()))?;
+    Ok(Json(VersionDetail { info, snapshot }))
+}
+
+/// Re-run stored decisions against the version that made them, another version, or candidate
+/// rules, params or schema patch: the level-change matrix, score shifts, the changed decisions
+/// (paged) and the inputs the target rejects.
+#[utoipa::path(post, path = "/v1/audit/replay", tag = "audit", security(("bearer" = [])),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "What would change", body = ReplayReport),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tool or version", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The candidate does not load", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn audit_replay(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(request): Json<ReplayRequest>,
+) -> Result<Json<ReplayReport>, ApiError> {
+    caller.require(AUDITORS)?;
+    let decisions = state.decisions.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let catalog = decisions.catalog();
+        replay::replay(
+            decisions.store().as_ref(),
+            &catalog,
+            &request,
+            Limits::default(),
+            &|_| {},
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| match e {
+        ReplayError::UnknownTool(t) => ApiError::UnknownTool(t),
+        ReplayError::UnknownVersion(d) => ApiError::UnknownVersion(d),
+        ReplayError::CandidateInvalid(errors) => ApiError::CandidateInvalid(
+            errors
+                .into_iter()
+                .map(|e| Violation {
+                    path: e.location(),
+                    message: e.message,
+                })
+                .collect(),
+        ),
+        ReplayError::InvalidRequest(field, message) => ApiError::invalid(field, message),
+        ReplayError::Store(e) => ApiError::Internal(e.to_string()),
+    })?;
+    Ok(Json(report))
+}
+
+/// Every revision matching the filter, as JSON Lines, streamed in journal order; each line is
+/// the revision exactly as stored, hash included.
+#[utoipa::path(get, path = "/v1/audit/decisions", tag = "audit", security(("bearer" = [])),
+    params(Filter),
+    responses(
+        (status = 200, description = "JSON Lines, one revision a line", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "Malformed filter", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn audit_export(
+    caller: Caller,
+    State(state): State<AppState>,
+    filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(AUDITORS)?;
+    let Query(filter) = filter.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    export::check_filter(&filter).map_err(|(field, message)| ApiError::invalid(field, message))?;
+    // A blocking thread walks the store and hands the body chunks of about 64 KiB; the channel
+    // is small, so a slow client slows the walk instead of filling memory.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let decisions = state.decisions.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        for line in export::lines(decisions.store().as_ref(), filter) {
+            match line {
+                Ok(line) => {
+                    chunk.extend_from_slice(&line);
+                    if chunk.len() >= 64 * 1024 {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(64 * 1024));
+                        if tx.blocking_send(Ok(Bytes::from(full))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "export stopped");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(chunk)));
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok((
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Walk the whole chain, recompute every hash, and report the first break by sequence number.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The verification; `ok` says whether the chain is whole", body = VerifyReport),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn audit_verify(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    caller.require(AUDITORS)?;
+    let decisions = state.decisions.clone();
+    let report =
+        tokio::task::spawn_blocking(move || verify::verify(decisions.store().as_ref(), &|_| {}))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(report))
+}

@@ -1,0 +1,541 @@
+//! Replay and impact analysis: re-run stored decisions' inputs against (a) the version that made
+//! each of them, which must reproduce every stored outcome exactly, (b) another stored version,
+//! or (c) candidate rules, params and/or schema patch, and report what would change.
+//!
+//! It streams: a reader thread walks the tool's decisions in the store and deals raw revisions in
+//! batches to one worker per core; each worker decodes, filters, evaluates and keeps a partial
+//! report whose size is bounded by the number of levels and the page asked for, never by the
+//! number of decisions. The partial reports are merged at the end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::export::Filter;
+use crate::catalog::{self, Catalog, Change, LoadError, Tool};
+use crate::rules::{EvalError, Limits, Outcome};
+use crate::store::{decode_revision, Store, StoreError};
+
+/// What to replay, and against what.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The tool whose decisions are replayed.
+    pub tool: String,
+    /// Only decisions whose level in force is this.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Only this case's decisions.
+    #[serde(default)]
+    pub case: Option<String>,
+    /// Only decisions whose latest revision was recorded at or after this time (RFC 3339).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// ... and before this time.
+    #[serde(default)]
+    pub to: Option<String>,
+    pub against: Target,
+    /// The page of changed decisions to return: skip this many (in journal order)...
+    #[serde(default)]
+    pub offset: usize,
+    /// ... and return at most this many (at most 1000).
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// The most changed decisions one page may hold.
+pub const MAX_LIMIT: usize = 1000;
+/// The most rejected inputs listed (all are counted).
+pub const MAX_REJECTED: usize = 100;
+
+/// What the decisions are re-run against.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Target {
+    /// Each decision against the version that made it: every outcome must be reproduced exactly.
+    Recorded,
+    /// Another stored version of the tool, by digest.
+    Version { digest: String },
+    /// The version served now (or the stored version `base`), changed as a plugin would change
+    /// it: replacement rules, params merged over its own, and/or a schema merge patch.
+    Candidate {
+        #[serde(default)]
+        base: Option<String>,
+        #[serde(default)]
+        rules: Option<String>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        params: Option<Value>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        schema_patch: Option<Value>,
+    },
+}
+
+/// Why a replay could not run at all (a rejected input is not one of these: it is reported).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("there is no tool {0:?}")]
+    UnknownTool(String),
+    #[error("no version {0} of this tool is stored")]
+    UnknownVersion(String),
+    #[error("the candidate does not load")]
+    CandidateInvalid(Vec<LoadError>),
+    #[error("{1}")]
+    InvalidRequest(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the replay found.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReplayReport {
+    pub tool: String,
+    /// `recorded`, `version <digest>` or `candidate`.
+    pub against: String,
+    /// The digest of the version replayed against, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_digest: Option<String>,
+    /// Decisions that matched the filter.
+    pub considered: u64,
+    /// Decisions the target decided (the rest were rejected or failed).
+    pub replayed: u64,
+    pub unchanged: u64,
+    pub changed: u64,
+    /// For `recorded`: decisions whose stored outcome was not reproduced exactly. Any is a
+    /// reproducibility failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irreproducible: Option<u64>,
+    /// The order of the matrix's rows and columns: the tool's levels, least to most serious.
+    pub levels: Vec<String>,
+    /// `matrix[i][j]`: decisions stored at `levels[i]` that the target decides at `levels[j]`.
+    pub matrix: Vec<Vec<u64>>,
+    /// How many decisions' scores moved by how much (target minus stored), where both score.
+    pub score_shift: Vec<Shift>,
+    /// The page of changed decisions, in journal order.
+    pub changes: Vec<Changed>,
+    pub offset: usize,
+    pub limit: usize,
+    /// Inputs the target rejects or fails on: all counted, the first listed.
+    pub rejected_count: u64,
+    pub rejected: Vec<Rejected>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Shift {
+    pub shift: f64,
+    pub count: u64,
+}
+
+/// One decision the target decides differently.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Changed {
+    pub decision_id: String,
+    pub case: String,
+    pub seq: u64,
+    pub old_level: String,
+    pub new_level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub old_score: Option<serde_json::Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub new_score: Option<serde_json::Number>,
+    /// Reason codes the target gives that the stored outcome did not.
+    pub reasons_added: Vec<String>,
+    /// Reason codes the stored outcome had that the target does not give.
+    pub reasons_removed: Vec<String>,
+    /// Reason codes in both, with different points or text.
+    pub reasons_changed: Vec<String>,
+}
+
+/// An input the target rejects (invalid under its schema) or fails on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Rejected {
+    pub decision_id: String,
+    pub seq: u64,
+    pub error: String,
+}
+
+/// Runs a replay; `progress` is called with the number of decisions considered so far.
+pub fn replay(
+    store: &dyn Store,
+    catalog: &Catalog,
+    request: &ReplayRequest,
+    limits: Limits,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
+    let filter = Filter {
+        tool: Some(request.tool.clone()),
+        level: request.level.clone(),
+        case: request.case.clone(),
+        from: request.from.clone(),
+        to: request.to.clone(),
+    };
+    super::export::check_filter(&filter)
+        .map_err(|(field, message)| ReplayError::InvalidRequest(format!("/{field}"), message))?;
+    if request.limit > MAX_LIMIT {
+        return Err(ReplayError::InvalidRequest(
+            "/limit".into(),
+            format!("limit is at most {MAX_LIMIT}"),
+        ));
+    }
+    let (target, against) = target_tool(store, catalog, request, limits)?;
+    let levels: Vec<String> = match (&target, catalog.get(&request.tool)) {
+        (Some(tool), _) => tool.levels().to_vec(),
+        (None, Some(tool)) => tool.levels().to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let keep = request.offset + request.limit;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
+    let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
+    let considered = std::sync::atomic::AtomicU64::new(0);
+
+    let partials = std::thread::scope(|scope| -> Result<Vec<Partial>, ReplayError> {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let batch_rx = Arc::clone(&batch_rx);
+            let target = target.clone();
+            let filter = &filter;
+            let considered = &considered;
+            handles.push(scope.spawn(move || -> Result<Partial, StoreError> {
+                let mut partial = Partial::default();
+                let mut versions: HashMap<String, Option<Arc<Tool>>> = HashMap::new();
+                loop {
+                    let batch = match batch_rx.lock().expect("batch lock poisoned").recv() {
+                        Ok(batch) => batch,
+                        Err(_) => break,
+                    };
+                    for bytes in batch {
+                        let revision = decode_revision(&bytes)?;
+                        if !filter.matches(&revision) {
+                            continue;
+                        }
+                        let n = considered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if n % 10_000 == 0 {
+                            progress(n);
+                        }
+                        let tool = match &target {
+                            Some(tool) => Some(Arc::clone(tool)),
+                            None => versions
+                                .entry(revision.tool.digest.clone())
+                                .or_insert_with(|| {
+                                    recorded_version(store, catalog, &revision.tool.digest, limits)
+                                })
+                                .clone(),
+                        };
+                        let result = match &tool {
+                            Some(tool) => tool.evaluate(&revision.input).map_err(|e| describe(&e)),
+                            None => Err(format!(
+                                "the version {} that made it is not stored",
+                                revision.tool.digest
+                            )),
+                        };
+                        partial.add(&revision, result, keep);
+                    }
+                }
+                Ok(partial)
+            }));
+        }
+        // The reader: this thread walks the store and deals batches.
+        let mut batch = Vec::with_capacity(256);
+        for bytes in store.latest_raw(Some(&request.tool)) {
+            batch.push(bytes?);
+            if batch.len() == 256 {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
+                if batch_tx.send(full).is_err() {
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = batch_tx.send(batch);
+        }
+        drop(batch_tx);
+        let mut partials = Vec::new();
+        for handle in handles {
+            partials.push(handle.join().expect("replay workers do not panic")?);
+        }
+        Ok(partials)
+    })?;
+
+    let mut total = Partial::default();
+    for p in partials {
+        total.merge(p, keep);
+    }
+    progress(total.considered);
+    Ok(total.report(
+        request,
+        against,
+        target.map(|t| t.digest.clone()),
+        levels,
+        started,
+    ))
+}
+
+/// The single tool a replay runs against, or `None` for `recorded` (each decision's own).
+fn target_tool(
+    store: &dyn Store,
+    catalog: &Catalog,
+    request: &ReplayRequest,
+    limits: Limits,
+) -> Result<(Option<Arc<Tool>>, String), ReplayError> {
+    let stored = |digest: &str| -> Result<Arc<Tool>, ReplayError> {
+        if let Some(tool) = catalog.get(&request.tool).filter(|t| t.digest == digest) {
+            return Ok(Arc::clone(tool));
+        }
+        let snapshot = store
+            .snapshot(digest)?
+            .ok_or_else(|| ReplayError::UnknownVersion(digest.to_owned()))?;
+        let tool = catalog::rebuild(&snapshot, limits).map_err(ReplayError::CandidateInvalid)?;
+        if tool.id() != request.tool {
+            return Err(ReplayError::UnknownVersion(digest.to_owned()));
+        }
+        Ok(Arc::new(tool))
+    };
+    match &request.against {
+        Target::Recorded => {
+            if catalog.get(&request.tool).is_none() && store.versions(&request.tool)?.is_empty() {
+                return Err(ReplayError::UnknownTool(request.tool.clone()));
+            }
+            Ok((None, "recorded".into()))
+        }
+        Target::Version { digest } => Ok((Some(stored(digest)?), format!("version {digest}"))),
+        Target::Candidate {
+            base,
+            rules,
+            params,
+            schema_patch,
+        } => {
+            let base = match base {
+                Some(digest) => stored(digest)?,
+                None => Arc::clone(
+                    catalog
+                        .get(&request.tool)
+                        .ok_or_else(|| ReplayError::UnknownTool(request.tool.clone()))?,
+                ),
+            };
+            let change = Change {
+                params: params.clone(),
+                schema_patch: schema_patch.clone(),
+                rules: rules.clone(),
+            };
+            let tool = catalog::candidate(&base, &change, catalog.core_sources(), limits)
+                .map_err(ReplayError::CandidateInvalid)?;
+            Ok((Some(Arc::new(tool)), "candidate".into()))
+        }
+    }
+}
+
+/// The version that made a decision: the catalog's when it still serves it, else rebuilt from
+/// its snapshot.
+fn recorded_version(
+    store: &dyn Store,
+    catalog: &Catalog,
+    digest: &str,
+    limits: Limits,
+) -> Option<Arc<Tool>> {
+    if let Some(tool) = catalog.tools().find(|t| t.digest == digest) {
+        return Some(Arc::clone(tool));
+    }
+    let snapshot = store.snapshot(digest).ok()??;
+    catalog::rebuild(&snapshot, limits).ok().map(Arc::new)
+}
+
+fn describe(e: &EvalError) -> String {
+    match e {
+        EvalError::InvalidForm(violations) => {
+            let parts: Vec<String> = violations
+                .iter()
+                .map(|v| format!("{:?}: {}", v.path, v.message))
+                .collect();
+            format!("invalid under the target's schema: {}", parts.join("; "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One worker's share of the report.
+#[derive(Default)]
+struct Partial {
+    considered: u64,
+    replayed: u64,
+    unchanged: u64,
+    changed: u64,
+    matrix: HashMap<(String, String), u64>,
+    /// Shift in millionths, so equal shifts group exactly.
+    shifts: BTreeMap<i64, u64>,
+    changes: BTreeMap<u64, Changed>,
+    rejected_count: u64,
+    rejected: BTreeMap<u64, Rejected>,
+}
+
+impl Partial {
+    fn add(
+        &mut self,
+        revision: &crate::store::Revision,
+        result: Result<Outcome, String>,
+        keep: usize,
+    ) {
+        self.considered += 1;
+        let old = &revision.outcome;
+        let new = match result {
+            Ok(new) => new,
+            Err(error) => {
+                self.rejected_count += 1;
+                self.rejected.insert(
+                    revision.seq,
+                    Rejected {
+                        decision_id: revision.decision_id.clone(),
+                        seq: revision.seq,
+                        error,
+                    },
+                );
+                trim(&mut self.rejected, MAX_REJECTED);
+                return;
+            }
+        };
+        self.replayed += 1;
+        *self
+            .matrix
+            .entry((old.level.clone(), new.level.clone()))
+            .or_default() += 1;
+        if let (Some(a), Some(b)) = (&old.score, &new.score) {
+            if let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) {
+                *self
+                    .shifts
+                    .entry(((b - a) * 1e6).round() as i64)
+                    .or_default() += 1;
+            }
+        }
+        if *old == new {
+            self.unchanged += 1;
+            return;
+        }
+        self.changed += 1;
+        let codes = |o: &Outcome| -> BTreeMap<String, (String, String)> {
+            o.reasons
+                .iter()
+                .map(|r| (r.code.clone(), (r.points.to_string(), r.text.clone())))
+                .collect()
+        };
+        let (before, after) = (codes(old), codes(&new));
+        let keys = |m: &BTreeMap<String, _>| m.keys().cloned().collect::<BTreeSet<String>>();
+        let (kb, ka) = (keys(&before), keys(&after));
+        self.changes.insert(
+            revision.seq,
+            Changed {
+                decision_id: revision.decision_id.clone(),
+                case: revision.case_id.clone(),
+                seq: revision.seq,
+                old_level: old.level.clone(),
+                new_level: new.level.clone(),
+                old_score: old.score.clone(),
+                new_score: new.score.clone(),
+                reasons_added: ka.difference(&kb).cloned().collect(),
+                reasons_removed: kb.difference(&ka).cloned().collect(),
+                reasons_changed: kb
+                    .intersection(&ka)
+                    .filter(|code| before[*code] != after[*code])
+                    .cloned()
+                    .collect(),
+            },
+        );
+        trim(&mut self.changes, keep);
+    }
+
+    fn merge(&mut self, other: Partial, keep: usize) {
+        self.considered += other.considered;
+        self.replayed += other.replayed;
+        self.unchanged += other.unchanged;
+        self.changed += other.changed;
+        for (k, v) in other.matrix {
+            *self.matrix.entry(k).or_default() += v;
+        }
+        for (k, v) in other.shifts {
+            *self.shifts.entry(k).or_default() += v;
+        }
+        self.changes.extend(other.changes);
+        trim(&mut self.changes, keep);
+        self.rejected_count += other.rejected_count;
+        self.rejected.extend(other.rejected);
+        trim(&mut self.rejected, MAX_REJECTED);
+    }
+
+    fn report(
+        self,
+        request: &ReplayRequest,
+        against: String,
+        target_digest: Option<String>,
+        mut levels: Vec<String>,
+        started: Instant,
+    ) -> ReplayReport {
+        for (from, to) in self.matrix.keys() {
+            for level in [from, to] {
+                if !levels.contains(level) {
+                    levels.push(level.clone());
+                }
+            }
+        }
+        let index = |l: &str| {
+            levels
+                .iter()
+                .position(|x| x == l)
+                .expect("every level was added")
+        };
+        let mut matrix = vec![vec![0u64; levels.len()]; levels.len()];
+        for ((from, to), count) in &self.matrix {
+            matrix[index(from)][index(to)] += count;
+        }
+        let recorded = matches!(request.against, Target::Recorded);
+        ReplayReport {
+            tool: request.tool.clone(),
+            against,
+            target_digest,
+            considered: self.considered,
+            replayed: self.replayed,
+            unchanged: self.unchanged,
+            changed: self.changed,
+            irreproducible: recorded.then_some(self.changed + self.rejected_count),
+            levels,
+            matrix,
+            score_shift: self
+                .shifts
+                .into_iter()
+                .map(|(shift, count)| Shift {
+                    shift: shift as f64 / 1e6,
+                    count,
+                })
+                .collect(),
+            changes: self
+                .changes
+                .into_values()
+                .skip(request.offset)
+                .take(request.limit)
+                .collect(),
+            offset: request.offset,
+            limit: request.limit,
+            rejected_count: self.rejected_count,
+            rejected: self.rejected.into_values().collect(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// Keeps the `n` entries with the smallest keys.
+fn trim<V>(map: &mut BTreeMap<u64, V>, n: usize) {
+    while map.len() > n {
+        map.pop_last();
+    }
+}
