@@ -44,6 +44,19 @@ enum Command {
         #[arg(value_parser = ["plugin"])]
         which: String,
     },
+    /// Re-run stored decisions against the version that made them, another stored version, or
+    /// candidate rules/params/schema patch, and show what would change.
+    Replay(ReplayArgs),
+    /// Write stored revisions as JSON Lines (stdout, or --out).
+    Export {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Walk the whole hash chain and report the first break; exits non-zero if there is one.
+    Verify,
     /// Manage API tokens (run while the service is stopped: the store is locked while it runs).
     Token {
         #[command(subcommand)]
@@ -62,6 +75,63 @@ enum TokenCommand {
         #[arg(long)]
         subject: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only this tool's decisions.
+    #[arg(long)]
+    tool: Option<String>,
+    /// Only decisions whose level in force is this.
+    #[arg(long)]
+    level: Option<String>,
+    /// Only this case's decisions.
+    #[arg(long)]
+    case: Option<String>,
+    /// Recorded at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// Recorded before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The tool whose decisions are replayed.
+    #[arg(long)]
+    tool: String,
+    #[arg(long)]
+    level: Option<String>,
+    #[arg(long)]
+    case: Option<String>,
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    /// Replay against this stored version instead of each decision's own.
+    #[arg(long, conflicts_with_all = ["rules", "params", "schema_patch"])]
+    version: Option<String>,
+    /// Candidate rules script.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Candidate params, a JSON file merged over the tool's params.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Candidate schema merge patch, a JSON file.
+    #[arg(long)]
+    schema_patch: Option<PathBuf>,
+    /// Apply the candidate to this stored version rather than the one served now.
+    #[arg(long)]
+    base: Option<String>,
+    /// Changed decisions to skip, and to show.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl clap::builder::ValueParserFactory for Role {
@@ -93,6 +163,9 @@ pub fn main() -> ExitCode {
             );
             Ok(())
         }
+        Command::Replay(args) => replay(cli.config, args),
+        Command::Export { filter, out } => export(cli.config, filter, out),
+        Command::Verify => return verify(cli.config),
         Command::Token {
             command: TokenCommand::Create { role, subject },
         } => token_create(cli.config, role, &subject),
@@ -138,6 +211,167 @@ fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Res
     store.put_token(&record)?;
     println!("{token}");
     Ok(())
+}
+
+fn open_store(config: &Config) -> anyhow::Result<SledStore> {
+    SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
+        format!(
+            "cannot open the store in {} (is the service running? use the API while it is)",
+            config.data_dir.display()
+        )
+    })
+}
+
+fn counter(message: &'static str, total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:40} {pos}/{len} ({per_sec}, {eta} left)",
+            )
+            .expect("a valid template"),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} ({per_sec})")
+                .expect("a valid template"),
+        ),
+    };
+    bar.with_message(message)
+}
+
+fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::audit::replay::{self, ReplayRequest, Target};
+    let config = load_config(file)?;
+    let catalog = crate::catalog::Catalog::load(&config.tools_dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "the catalog has problems:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let store = open_store(&config)?;
+    let read_json = |path: &PathBuf| -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    };
+    let against = if let Some(digest) = args.version {
+        Target::Version { digest }
+    } else if args.rules.is_some() || args.params.is_some() || args.schema_patch.is_some() {
+        Target::Candidate {
+            base: args.base,
+            rules: args
+                .rules
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                })
+                .transpose()?,
+            params: args.params.as_ref().map(read_json).transpose()?,
+            schema_patch: args.schema_patch.as_ref().map(read_json).transpose()?,
+        }
+    } else {
+        Target::Recorded
+    };
+    let request = ReplayRequest {
+        tool: args.tool,
+        level: args.level,
+        case: args.case,
+        from: args.from,
+        to: args.to,
+        against,
+        offset: args.offset,
+        limit: args.limit,
+    };
+    let bar = counter("replaying", None);
+    let report = replay::replay(
+        &store,
+        &catalog,
+        &request,
+        crate::rules::Limits::default(),
+        &|n| bar.set_position(n),
+    )
+    .map_err(|e| match e {
+        replay::ReplayError::CandidateInvalid(errors) => anyhow::anyhow!(
+            "the candidate does not load:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        other => anyhow::anyhow!(other),
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::audit::replay::render(&report));
+    }
+    Ok(())
+}
+
+fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let config = load_config(file)?;
+    let store = open_store(&config)?;
+    let filter = crate::audit::export::Filter {
+        tool: filter.tool,
+        level: filter.level,
+        case: filter.case,
+        from: filter.from,
+        to: filter.to,
+    };
+    crate::audit::export::check_filter(&filter).map_err(|(_, message)| anyhow::anyhow!(message))?;
+    let mut sink: Box<dyn Write> = match &out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let bar = counter("exporting", None);
+    for line in crate::audit::export::lines(&store, filter) {
+        sink.write_all(&line?)?;
+        bar.inc(1);
+    }
+    sink.flush()?;
+    bar.finish_and_clear();
+    eprintln!("exported {} revision(s)", bar.position());
+    Ok(())
+}
+
+fn verify(file: Option<PathBuf>) -> ExitCode {
+    let run = || -> anyhow::Result<bool> {
+        let config = load_config(file)?;
+        let store = open_store(&config)?;
+        let bar = counter("verifying", Some(store.head()?.seq));
+        let started = std::time::Instant::now();
+        let report = crate::audit::verify::verify(&store, &|n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        match &report.first_break {
+            None => println!(
+                "the chain is whole: {} revision(s) verified in {seconds:.2}s ({:.0}/s); head {} {}",
+                report.revisions,
+                report.revisions as f64 / seconds.max(1e-9),
+                report.head.seq,
+                report.head.hash
+            ),
+            Some(b) => println!("the chain is BROKEN at revision {}: {}", b.seq, b.reason),
+        }
+        Ok(report.ok)
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -60,13 +60,16 @@ pub const DEFAULT_FILE: &str = "safeguard.toml";
 
 impl Config {
     /// Defaults, then `file` (or `safeguard.toml` if present), then `SAFEGUARD_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None => figment = figment.merge(Toml::file(DEFAULT_FILE)),
         }
-        figment.merge(Env::prefixed("SAFEGUARD_")).extract()
+        figment
+            .merge(Env::prefixed("SAFEGUARD_"))
+            .extract()
+            .map_err(Box::new)
     }
 
     pub fn store_options(&self) -> StoreOptions {
@@ -79,6 +82,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's test jail returns its own (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -88,7 +93,7 @@ mod tests {
             jail.create_file("s.toml", "listen = \"127.0.0.1:9000\"\nmax_batch = 8\n")?;
             jail.set_env("SAFEGUARD_MAX_BATCH", "16");
             jail.set_env("SAFEGUARD_DURABILITY", "sync-per-request");
-            let config = Config::load(Some(Path::new("s.toml")))?;
+            let config = Config::load(Some(Path::new("s.toml"))).map_err(|e| *e)?;
             assert_eq!(config.listen.port(), 9000);
             assert_eq!(config.max_batch, 16);
             assert_eq!(config.durability, Durability::SyncPerRequest);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::catalog::{digest, Catalog, Direction, NamedStage, Stage, Tool, ToolMeta};
+use crate::catalog::{digest, Catalog, Direction, Stage, Tool, ToolMeta};
 use crate::rules::EvalError;
 use crate::store::{
     Actor, Appended, Draft, IdempotencyKey, Override, OverrideStatus, Precondition, Revision,
@@ -397,6 +397,34 @@ fn check_override(meta: &ToolMeta, from: &str, to: &str, reason: &str) -> Decisi
     Ok(())
 }
 
+/// The case stage a tool counts for: its `x-tool.stage` when that is a case stage (0 to 7);
+/// none for tools used at any stage, organisational tools and tools the catalog no longer has.
+/// A case's stage is the furthest of these over its decisions, or 0.
+pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
+    match catalog.get(tool_id).map(|t| t.meta.stage) {
+        Some(Stage::Case(n)) => Some(n),
+        _ => None,
+    }
+}
+
+/// When a decision is due for review: its latest revision's time plus its tool's
+/// `review_after_days` as served now; overdue once this is at or before now.
+pub(crate) fn review_due(
+    catalog: &Catalog,
+    latest: &Revision,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let days = catalog.get(&latest.tool.id)?.meta.review_after_days?;
+    let at = chrono::DateTime::parse_from_rfc3339(&latest.recorded_at).ok()?;
+    Some(at.with_timezone(&chrono::Utc) + chrono::Duration::days(days.into()))
+}
+
+/// Whether a decision `(recorded_at, id)` replaces another as the latest of its tool in its
+/// case: the later time wins, and a tie goes to the later id (ids are UUIDv7, which sort by
+/// creation), so the answer does not depend on the order decisions are read in.
+pub(crate) fn supersedes(candidate: (&str, &str), current: (&str, &str)) -> bool {
+    candidate >= current
+}
+
 /// Where a case stands in the journey.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Journey {
@@ -441,16 +469,7 @@ fn journey(
     let mut latest: BTreeMap<String, (JourneyDecision, Option<chrono::DateTime<chrono::Utc>>)> =
         BTreeMap::new();
     for d in decisions {
-        let review_after = catalog
-            .get(&d.tool.id)
-            .and_then(|t| t.meta.review_after_days);
-        let recorded = chrono::DateTime::parse_from_rfc3339(&d.recorded_at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .ok();
-        let review_due = match (review_after, recorded) {
-            (Some(days), Some(at)) => Some(at + chrono::Duration::days(days.into())),
-            _ => None,
-        };
+        let review_due = review_due(catalog, d);
         let entry = JourneyDecision {
             decision_id: d.decision_id.clone(),
             revision: d.revision,
@@ -458,9 +477,12 @@ fn journey(
             recorded_at: d.recorded_at.clone(),
             review_due: review_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         };
-        let newer = latest
-            .get(&d.tool.id)
-            .is_none_or(|(e, _)| e.recorded_at <= d.recorded_at);
+        let newer = latest.get(&d.tool.id).is_none_or(|(e, _)| {
+            supersedes(
+                (&d.recorded_at, &d.decision_id),
+                (&e.recorded_at, &e.decision_id),
+            )
+        });
         if newer {
             latest.insert(d.tool.id.clone(), (entry, review_due));
         }
@@ -502,7 +524,6 @@ fn journey(
             }
         }
     }
-    let _ = NamedStage::Any;
     Journey {
         case: case_id.to_owned(),
         stage,

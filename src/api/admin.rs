@@ -4,14 +4,11 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::Caller;
+use super::auth::{Admins, Authorized};
 use super::tools::{summary, ToolSummary};
 use super::{ApiError, AppState, Json};
-use crate::auth::Role;
 use crate::catalog::Catalog;
 use crate::forms::Violation;
-
-const ADMINS: &[Role] = &[Role::Admin];
 
 /// What a reload put in force.
 #[derive(Debug, Serialize, ToSchema)]
@@ -33,10 +30,9 @@ pub struct Reloaded {
         (status = 422, description = "The new catalog has problems; the old one keeps serving", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn catalog_reload(
-    caller: Caller,
+    _caller: Authorized<Admins>,
     State(state): State<AppState>,
 ) -> Result<Json<Reloaded>, ApiError> {
-    caller.require(ADMINS)?;
     let root = state.tools_dir.clone();
     // Loading compiles every schema and script: seconds of CPU at worst, off the async threads.
     let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root))

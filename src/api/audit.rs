@@ -9,18 +9,16 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::auth::Caller;
+use super::auth::{Auditors, Authorized, Overseers, VersionReaders};
 use super::{ApiError, AppState, Json};
+use crate::audit::dashboard::{self, Dashboard};
+use crate::audit::disparity::{self, Disparity, DisparityRequest};
 use crate::audit::export::{self, Filter};
 use crate::audit::replay::{self, ReplayError, ReplayReport, ReplayRequest};
 use crate::audit::verify::{self, VerifyReport};
-use crate::auth::Role;
 use crate::forms::Violation;
 use crate::rules::Limits;
 use crate::store::VersionInfo;
-
-const AUDITORS: &[Role] = &[Role::Auditor];
-const VERSION_READERS: &[Role] = &[Role::Auditor, Role::Admin];
 
 /// Every version of a tool ever served or used, oldest first.
 #[utoipa::path(get, path = "/v1/tools/{tool}/versions", tag = "audit", security(("bearer" = [])),
@@ -32,11 +30,10 @@ const VERSION_READERS: &[Role] = &[Role::Auditor, Role::Admin];
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn versions_list(
-    caller: Caller,
+    _caller: Authorized<VersionReaders>,
     State(state): State<AppState>,
     Path(tool): Path<String>,
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
-    caller.require(VERSION_READERS)?;
     let versions = state
         .decisions
         .store()
@@ -68,11 +65,10 @@ pub struct VersionDetail {
         (status = 404, description = "No such version", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn version_get(
-    caller: Caller,
+    _caller: Authorized<VersionReaders>,
     State(state): State<AppState>,
     Path((tool, digest)): Path<(String, String)>,
 ) -> Result<Json<VersionDetail>, ApiError> {
-    caller.require(VERSION_READERS)?;
     let store = state.decisions.store();
     let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
     let info = store
@@ -103,11 +99,10 @@ pub async fn version_get(
         (status = 422, description = "The candidate does not load", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn audit_replay(
-    caller: Caller,
+    _caller: Authorized<Auditors>,
     State(state): State<AppState>,
     Json(request): Json<ReplayRequest>,
 ) -> Result<Json<ReplayReport>, ApiError> {
-    caller.require(AUDITORS)?;
     let decisions = state.decisions.clone();
     let report = tokio::task::spawn_blocking(move || {
         let catalog = decisions.catalog();
@@ -150,11 +145,10 @@ pub async fn audit_replay(
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn audit_export(
-    caller: Caller,
+    _caller: Authorized<Auditors>,
     State(state): State<AppState>,
     filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(AUDITORS)?;
     let Query(filter) = filter.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     export::check_filter(&filter).map_err(|(field, message)| ApiError::invalid(field, message))?;
     // A blocking thread walks the store and hands the body chunks of about 64 KiB; the channel
@@ -201,10 +195,9 @@ pub async fn audit_export(
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn audit_verify(
-    caller: Caller,
+    _caller: Authorized<Auditors>,
     State(state): State<AppState>,
 ) -> Result<Json<VerifyReport>, ApiError> {
-    caller.require(AUDITORS)?;
     let decisions = state.decisions.clone();
     let report =
         tokio::task::spawn_blocking(move || verify::verify(decisions.store().as_ref(), &|_| {}))
@@ -212,4 +205,101 @@ pub async fn audit_verify(
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(report))
+}
+
+/// The latest revision of every decision (of `tool`), decoded; the first store error stops the
+/// walk and is left in `error` so the caller can refuse a partial answer.
+fn latest_revisions<'a>(
+    store: &'a dyn crate::store::Store,
+    tool: Option<&str>,
+    error: &'a mut Option<crate::store::StoreError>,
+) -> impl Iterator<Item = crate::store::Revision> + 'a {
+    store.latest_raw(tool).map_while(move |raw| {
+        match raw.and_then(|bytes| crate::store::decode_revision(&bytes)) {
+            Ok(revision) => Some(revision),
+            Err(e) => {
+                *error = Some(e);
+                None
+            }
+        }
+    })
+}
+
+/// Outcome and override rates across the values of one form field, each with a 95% Wilson
+/// interval and its ratio to the overall rate. Groups under 10 decisions are shown, marked.
+#[utoipa::path(post, path = "/v1/audit/disparity", tag = "audit", security(("bearer" = [])),
+    request_body = DisparityRequest,
+    responses(
+        (status = 200, description = "Rates per value of the field", body = Disparity),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn audit_disparity(
+    _caller: Authorized<Auditors>,
+    State(state): State<AppState>,
+    Json(request): Json<DisparityRequest>,
+) -> Result<Json<Disparity>, ApiError> {
+    if let Err(problems) = request.validate() {
+        let (field, message) = problems
+            .into_iter()
+            .next()
+            .expect("validate reports at least one problem");
+        return Err(ApiError::invalid(field, message));
+    }
+    let catalog = state.decisions.catalog();
+    let levels = catalog
+        .get(&request.tool)
+        .map(|t| t.levels().to_vec())
+        .ok_or_else(|| ApiError::UnknownTool(request.tool.clone()))?;
+    let decisions = state.decisions.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut error = None;
+        let store = decisions.store().as_ref();
+        let report = disparity::disparity(
+            &request,
+            &levels,
+            latest_revisions(store, Some(&request.tool), &mut error),
+        );
+        match error {
+            Some(e) => Err(ApiError::Internal(e.to_string())),
+            None => Ok(report),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(report))
+}
+
+/// The supervisor's figures: pending overrides oldest first, decisions by tool and level per
+/// week, override rate by tool, cases per stage, overdue reviews.
+#[utoipa::path(get, path = "/v1/dashboard", tag = "audit", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures", body = Dashboard),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a supervisor or auditor", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn dashboard_get(
+    _caller: Authorized<Overseers>,
+    State(state): State<AppState>,
+) -> Result<Json<Dashboard>, ApiError> {
+    let decisions = state.decisions.clone();
+    let figures = tokio::task::spawn_blocking(move || {
+        let mut error = None;
+        let catalog = decisions.catalog();
+        let figures = dashboard::dashboard(
+            &catalog,
+            latest_revisions(decisions.store().as_ref(), None, &mut error),
+            chrono::Utc::now(),
+        );
+        match error {
+            Some(e) => Err(ApiError::Internal(e.to_string())),
+            None => Ok(figures),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(figures))
 }

@@ -34,11 +34,66 @@ impl Caller {
     }
 }
 
-/// Roles that may use any authenticated route.
-pub const ANY: &[Role] = &Role::ALL;
-/// Roles that write decisions.
-pub const WRITERS: &[Role] = &[Role::Practitioner, Role::Supervisor];
-pub const SUPERVISORS: &[Role] = &[Role::Supervisor];
+/// A set of roles a route allows, as a type, so the check happens while extracting the
+/// caller: a wrong role is refused (403) before the body is even read.
+pub trait Roles: Send + Sync + 'static {
+    const ALLOWED: &'static [Role];
+}
+
+macro_rules! roles {
+    ($($(#[$doc:meta])* $name:ident = $roles:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl Roles for $name {
+            const ALLOWED: &'static [Role] = $roles;
+        }
+    )*};
+}
+
+roles! {
+    /// Any authenticated caller.
+    AnyRole = &Role::ALL;
+    /// Those who write decisions.
+    Writers = &[Role::Practitioner, Role::Supervisor];
+    Supervisors = &[Role::Supervisor];
+    /// Those who watch the caseload.
+    Overseers = &[Role::Supervisor, Role::Auditor];
+    Auditors = &[Role::Auditor];
+    /// Those who may read tool versions.
+    VersionReaders = &[Role::Auditor, Role::Admin];
+    Admins = &[Role::Admin];
+}
+
+/// A caller with one of the roles `R` allows.
+#[derive(Debug)]
+pub struct Authorized<R> {
+    pub caller: Caller,
+    roles: std::marker::PhantomData<R>,
+}
+
+impl<R> std::ops::Deref for Authorized<R> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(R::ALLOWED)?;
+        Ok(Authorized {
+            caller,
+            roles: std::marker::PhantomData,
+        })
+    }
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::auth::{Caller, ANY, SUPERVISORS, WRITERS};
+use super::auth::{AnyRole, Authorized, Supervisors, Writers};
 use super::{ApiError, AppState, Json};
 use crate::rules::Reason;
 use crate::store::{Actor, Override, Revision, RevisionKind, ToolRef};
@@ -164,13 +164,12 @@ pub struct SubmitRequest {
         (status = 422, description = "Invalid form, a reused Idempotency-Key, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_submit(
-    caller: Caller,
+    caller: Authorized<Writers>,
     State(state): State<AppState>,
     Path(case): Path<String>,
     headers: HeaderMap,
     Json(request): Json<SubmitRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     check_id("case", &case)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -204,11 +203,10 @@ pub async fn decision_submit(
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn case_decisions_list(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
     Path(case): Path<String>,
 ) -> Result<Json<Vec<DecisionView>>, ApiError> {
-    caller.require(ANY)?;
     check_id("case", &case)?;
     let decisions = state.decisions.case_decisions(&case)?;
     Ok(Json(
@@ -225,11 +223,10 @@ pub async fn case_decisions_list(
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_get(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(ANY)?;
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let latest = state.decisions.latest(&id)?;
     Ok(decision_response(StatusCode::OK, latest))
@@ -244,11 +241,10 @@ pub async fn decision_get(
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn revisions_list(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<DecisionView>>, ApiError> {
-    caller.require(ANY)?;
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let history = state.decisions.history(&id)?;
     Ok(Json(history.into_iter().map(DecisionView::from).collect()))
@@ -283,13 +279,12 @@ pub struct AmendRequest {
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_amend(
-    caller: Caller,
+    caller: Authorized<Writers>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(request): Json<AmendRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let expected = expected_revision(&headers, request.expected_revision)?;
     let revision = state
@@ -329,13 +324,12 @@ pub struct OverrideRequest {
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_override(
-    caller: Caller,
+    caller: Authorized<Writers>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(request): Json<OverrideRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let expected = expected_revision(&headers, request.expected_revision)?;
     let revision = state
@@ -358,7 +352,8 @@ pub struct ApproveRequest {
     pub expected_revision: Option<u32>,
 }
 
-/// Approve the pending override. The approver must not be the person who made it.
+/// Approve the pending override. The approver must not be the person who made it. The body is
+/// optional when `If-Match` is sent.
 #[utoipa::path(post, path = "/v1/decisions/{id}/approve", tag = "decisions", security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The decision id"),
@@ -376,13 +371,14 @@ pub struct ApproveRequest {
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_approve(
-    caller: Caller,
+    caller: Authorized<Supervisors>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(request): Json<ApproveRequest>,
+    body: Result<Option<axum::Json<ApproveRequest>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(SUPERVISORS)?;
+    // The body is optional: `If-Match` alone is enough.
+    let request = body?.map(|axum::Json(r)| r).unwrap_or_default();
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let expected = expected_revision(&headers, request.expected_revision)?;
     let revision = state

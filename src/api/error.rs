@@ -44,6 +44,8 @@ pub enum ApiError {
     CandidateInvalid(Vec<Violation>),
     #[error("there is nothing at this address")]
     NotFound,
+    #[error("this address does not take that method (the Allow header lists those it takes)")]
+    MethodNotAllowed,
     #[error("{message}")]
     InvalidOverride { field: String, message: String },
     #[error("{0}")]
@@ -137,6 +139,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
+            MethodNotAllowed => (
+                "method-not-allowed",
+                "Method not allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
             InvalidOverride { .. } => (
                 "invalid-override",
                 "The override is not allowed",
@@ -257,11 +264,24 @@ impl From<JsonRejection> for ApiError {
                 let text = source_text(&e);
                 // serde_path_to_error writes "path.to.field: message"; name the field as a
                 // JSON Pointer so every error in the API points the same way.
-                let (path, message) = match text.split_once(": ") {
-                    Some((path, message)) if !path.contains(' ') && path != "." => {
-                        (format!("/{}", path.replace('.', "/")), message.to_owned())
+                let (parent, message) = match text.split_once(": ") {
+                    Some((path, message)) if !path.contains(' ') => {
+                        let path = if path == "." {
+                            String::new()
+                        } else {
+                            format!("/{}", path.replace('.', "/"))
+                        };
+                        (path, message.to_owned())
                     }
                     _ => (String::new(), text),
+                };
+                // A missing field is reported at its parent; name the field itself.
+                let path = match message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split_once('`'))
+                {
+                    Some((field, _)) => format!("{parent}/{field}"),
+                    None => parent,
                 };
                 ApiError::invalid(path, message)
             }

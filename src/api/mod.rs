@@ -135,6 +135,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::audit_replay))
         .routes(routes!(audit::audit_export))
         .routes(routes!(audit::audit_verify))
+        .routes(routes!(audit::audit_disparity))
+        .routes(routes!(audit::dashboard_get))
         .split_for_parts()
 }
 
@@ -155,6 +157,7 @@ pub fn app(state: AppState) -> Router {
     );
     router
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(ops::OpenApiJson(openapi)))
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(axum::middleware::from_fn(observe::observe))

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::auth::{Caller, ANY};
+use super::auth::{AnyRole, Authorized};
 use super::{ApiError, AppState, Json};
 use crate::catalog::{OutcomeDecl, OverridePolicy, Stage, Tool};
 use crate::decisions::tool_ref;
@@ -62,10 +62,9 @@ pub(super) fn summary(tool: &Tool) -> ToolSummary {
     (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn tools_list(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ToolSummary>>, ApiError> {
-    caller.require(ANY)?;
     let catalog = state.decisions.catalog();
     Ok(Json(catalog.tools().map(|t| summary(t)).collect()))
 }
@@ -79,11 +78,10 @@ pub async fn tools_list(
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn tool_get(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
     Path(tool): Path<String>,
 ) -> Result<Json<ToolDetail>, ApiError> {
-    caller.require(ANY)?;
     let catalog = state.decisions.catalog();
     let tool = catalog.get(&tool).ok_or(ApiError::UnknownTool(tool))?;
     Ok(Json(ToolDetail {
@@ -147,12 +145,11 @@ impl Evaluation {
         (status = 422, description = "Invalid form, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn tool_evaluate(
-    caller: Caller,
+    _caller: Authorized<AnyRole>,
     State(state): State<AppState>,
     Path(tool): Path<String>,
     Json(request): Json<EvaluateRequest>,
 ) -> Result<Json<Evaluation>, ApiError> {
-    caller.require(ANY)?;
     let (tool, outcome) = state.decisions.evaluate(&tool, &request.input)?;
     Ok(Json(Evaluation::new(tool_ref(&tool), outcome)))
 }

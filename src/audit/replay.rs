@@ -539,3 +539,93 @@ fn trim<V>(map: &mut BTreeMap<u64, V>, n: usize) {
         map.pop_last();
     }
 }
+
+/// The report as text for a terminal: the matrix, the shifts, the page of changes.
+pub fn render(report: &ReplayReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "replay of {} against {}{}",
+        report.tool,
+        report.against,
+        report
+            .target_digest
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "{} decision(s) considered, {} replayed, {} unchanged, {} changed, {} rejected, in {} ms",
+        report.considered,
+        report.replayed,
+        report.unchanged,
+        report.changed,
+        report.rejected_count,
+        report.elapsed_ms
+    );
+    if let Some(n) = report.irreproducible {
+        let _ = writeln!(
+            out,
+            "{}",
+            if n == 0 {
+                "every stored outcome was reproduced exactly".to_owned()
+            } else {
+                format!("REPRODUCIBILITY FAILURE: {n} stored outcome(s) were not reproduced")
+            }
+        );
+    }
+    let width = report
+        .levels
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(4)
+        .max(8);
+    let _ = writeln!(out, "\nlevel change (rows: stored, columns: replayed)");
+    let _ = write!(out, "{:>width$}", "");
+    for l in &report.levels {
+        let _ = write!(out, " {l:>width$}");
+    }
+    let _ = writeln!(out);
+    for (i, row) in report.matrix.iter().enumerate() {
+        let _ = write!(out, "{:>width$}", report.levels[i]);
+        for n in row {
+            let _ = write!(out, " {n:>width$}");
+        }
+        let _ = writeln!(out);
+    }
+    if !report.score_shift.is_empty() {
+        let shifts: Vec<String> = report
+            .score_shift
+            .iter()
+            .map(|s| format!("{:+}: {}", s.shift, s.count))
+            .collect();
+        let _ = writeln!(out, "\nscore shift: {}", shifts.join(", "));
+    }
+    for c in &report.changes {
+        let _ = writeln!(
+            out,
+            "  {} (case {}): {} -> {}{}{}",
+            c.decision_id,
+            c.case,
+            c.old_level,
+            c.new_level,
+            if c.reasons_added.is_empty() {
+                String::new()
+            } else {
+                format!("; added {}", c.reasons_added.join(", "))
+            },
+            if c.reasons_removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", c.reasons_removed.join(", "))
+            },
+        );
+    }
+    for r in &report.rejected {
+        let _ = writeln!(out, "  rejected {}: {}", r.decision_id, r.error);
+    }
+    out
+}

@@ -44,6 +44,9 @@ struct Checked {
 
 const CHUNK: usize = 1024;
 
+/// A numbered chunk of raw journal entries, `(seq, bytes)`.
+type Chunk = (usize, Vec<(u64, Vec<u8>)>);
+
 /// Verifies the whole journal; `progress` is called with the count checked so far.
 pub fn verify(
     store: &dyn Store,
@@ -51,7 +54,7 @@ pub fn verify(
 ) -> Result<VerifyReport, StoreError> {
     let head = store.head()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut chunks_in: Vec<mpsc::SyncSender<(usize, Vec<(u64, Vec<u8>)>)>> = Vec::new();
+    let mut chunks_in: Vec<mpsc::SyncSender<Chunk>> = Vec::new();
     let (out_tx, out_rx) = mpsc::sync_channel::<(usize, Vec<Checked>)>(workers * 2);
     let mut report = VerifyReport {
         ok: true,
@@ -63,7 +66,7 @@ pub fn verify(
     let mut prev_hash = GENESIS_HASH.to_owned();
     std::thread::scope(|scope| -> Result<(), StoreError> {
         for _ in 0..workers {
-            let (tx, rx) = mpsc::sync_channel::<(usize, Vec<(u64, Vec<u8>)>)>(2);
+            let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
             chunks_in.push(tx);
             let out = out_tx.clone();
             scope.spawn(move || {
@@ -143,8 +146,8 @@ pub fn verify(
         reader.join().expect("the reader thread does not panic")?;
         Ok(())
     })?;
-    if report.first_break.is_none() {
-        if head.seq != expected_seq - 1 || head.hash != prev_hash {
+    if report.first_break.is_none() && (head.seq != expected_seq - 1 || head.hash != prev_hash) {
+        {
             report.first_break = Some(Break {
                 seq: expected_seq,
                 reason: format!(

@@ -375,10 +375,14 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         Ok(form) => Some(form),
         Err(problems) => {
             errors.extend(problems.into_iter().map(|p| {
-                let (line, column) = parts
-                    .schema_text
-                    .as_deref()
-                    .map_or((None, None), |text| locate_pointer(text, &p.schema_path));
+                let (line, column) = match (parts.schema_text.as_deref(), &p.needle) {
+                    (Some(text), Some(needle)) => match text.find(needle.as_str()) {
+                        Some(offset) => line_column(text, offset),
+                        None => locate_pointer(text, &p.schema_path),
+                    },
+                    (Some(text), None) => locate_pointer(text, &p.schema_path),
+                    (None, _) => (None, None),
+                };
                 LoadError::new(
                     &parts.schema_path,
                     format!("the form schema is invalid: {p}"),

@@ -41,6 +41,8 @@ pub struct SchemaError {
     /// Where in the schema the problem is, as a JSON Pointer.
     pub schema_path: String,
     pub message: String,
+    /// Text to find in the schema file when the pointer is unknown (an external `$ref`'s URI).
+    pub needle: Option<String>,
 }
 
 /// Refuses every external `$ref`, naming it, so the load error says exactly what to fix.
@@ -65,6 +67,7 @@ impl Form {
         if let Some(declared) = schema.get("$schema").and_then(Value::as_str) {
             if !declared.contains("2020-12") {
                 return Err(vec![SchemaError {
+                    needle: None,
                     schema_path: "/$schema".into(),
                     message: format!("`$schema` is {declared:?}; tools use draft 2020-12 (\"https://json-schema.org/draft/2020-12/schema\")"),
                 }]);
@@ -75,6 +78,7 @@ impl Form {
             .map(|e| SchemaError {
                 schema_path: e.instance_path().as_str().to_owned(),
                 message: e.to_string(),
+                needle: None,
             })
             .collect();
         if !meta_errors.is_empty() {
@@ -84,9 +88,16 @@ impl Form {
             .with_retriever(NoExternalRefs)
             .build(schema)
             .map_err(|e| {
+                let message = e.to_string();
+                // jsonschema names an unresolvable reference as "Resource '<uri>' ...".
+                let needle = message
+                    .split_once("Resource '")
+                    .and_then(|(_, rest)| rest.split_once('\''))
+                    .map(|(uri, _)| uri.to_owned());
                 vec![SchemaError {
                     schema_path: e.instance_path().as_str().to_owned(),
-                    message: e.to_string(),
+                    message,
+                    needle,
                 }]
             })?;
         Ok(Form { validator })

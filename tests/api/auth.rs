@@ -1,0 +1,227 @@
+//! Who may call what: every authenticated route against no token, a bad token and each role,
+//! driven by one table that mirrors DESIGN.md's.
+
+use reqwest::header::WWW_AUTHENTICATE;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use safeguard::auth::Role;
+use serde_json::{json, Value};
+
+use crate::common::{problem, spawn_app, valid_input, TestApp, TOOL};
+
+const ANY: &[Role] = &Role::ALL;
+const WRITERS: &[Role] = &[Role::Practitioner, Role::Supervisor];
+const SUPERVISORS: &[Role] = &[Role::Supervisor];
+
+/// One authenticated route, with a request an allowed caller gets `allowed` for.
+struct Route {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    roles: &'static [Role],
+    /// The status an allowed role gets. Changes to a decision are sent without the revision they
+    /// build on, so an allowed caller gets 428 and the table leaves the decision as it was.
+    allowed: StatusCode,
+}
+
+/// Every authenticated route, aimed at a real case and decision of `app`.
+async fn routes(app: &TestApp) -> Vec<Route> {
+    let decision = app.decide("case-roles", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let input = valid_input(TOOL);
+    let route = |method: Method, path: String, body: Option<Value>, roles, allowed| Route {
+        method,
+        path,
+        body,
+        roles,
+        allowed,
+    };
+    vec![
+        route(Method::GET, "/v1/tools".into(), None, ANY, StatusCode::OK),
+        route(
+            Method::GET,
+            format!("/v1/tools/{TOOL}"),
+            None,
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            format!("/v1/tools/{TOOL}/evaluate"),
+            Some(json!({"input": input})),
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            "/v1/cases/case-roles/decisions".into(),
+            Some(json!({"tool": TOOL, "input": input})),
+            WRITERS,
+            StatusCode::CREATED,
+        ),
+        route(
+            Method::GET,
+            "/v1/cases/case-roles/decisions".into(),
+            None,
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            "/v1/cases/case-roles".into(),
+            None,
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            format!("/v1/decisions/{id}"),
+            None,
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            format!("/v1/decisions/{id}/revisions"),
+            None,
+            ANY,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            format!("/v1/decisions/{id}/revisions"),
+            Some(json!({"input": input})),
+            WRITERS,
+            StatusCode::PRECONDITION_REQUIRED,
+        ),
+        route(
+            Method::POST,
+            format!("/v1/decisions/{id}/override"),
+            Some(json!({"level": "high", "reason": "seen at the visit"})),
+            WRITERS,
+            StatusCode::PRECONDITION_REQUIRED,
+        ),
+        route(
+            Method::POST,
+            format!("/v1/decisions/{id}/approve"),
+            Some(json!({})),
+            SUPERVISORS,
+            StatusCode::PRECONDITION_REQUIRED,
+        ),
+    ]
+}
+
+fn request(app: &TestApp, route: &Route, token: Option<&str>) -> RequestBuilder {
+    let request = app.request(route.method.clone(), &route.path, token);
+    match &route.body {
+        Some(body) => request.json(body),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn every_route_without_a_token_is_401_with_a_bearer_challenge() {
+    let app = spawn_app().await;
+
+    for route in routes(&app).await {
+        let response = request(&app, &route, None).send().await.unwrap();
+
+        let what = format!("{} {}", route.method, route.path);
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(challenge, Some("Bearer"), "{what}");
+        problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn every_route_with_an_unknown_token_is_401() {
+    let app = spawn_app().await;
+    let forged = format!("sg_{}", "0".repeat(64));
+
+    for route in routes(&app).await {
+        let response = request(&app, &route, Some(&forged)).send().await.unwrap();
+
+        assert!(response.headers().contains_key(WWW_AUTHENTICATE));
+        problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_sent_as_basic_credentials_is_401() {
+    let app = spawn_app().await;
+
+    let response = app
+        .client
+        .get(app.url("/v1/tools"))
+        .header(
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {}", app.token(Role::Admin)),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+}
+
+#[tokio::test]
+async fn every_route_refuses_a_role_it_does_not_allow_with_403() {
+    let app = spawn_app().await;
+
+    for route in routes(&app).await {
+        for role in Role::ALL.into_iter().filter(|r| !route.roles.contains(r)) {
+            let response = request(&app, &route, Some(app.token(role)))
+                .send()
+                .await
+                .unwrap();
+
+            let status = response.status();
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{role} on {} {}",
+                route.method,
+                route.path
+            );
+            problem(response, status, "/problems/forbidden").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_lets_each_role_it_allows_through() {
+    let app = spawn_app().await;
+
+    for route in routes(&app).await {
+        for &role in route.roles {
+            let response = request(&app, &route, Some(app.token(role)))
+                .send()
+                .await
+                .unwrap();
+
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_eq!(
+                status, route.allowed,
+                "{role} on {} {}: {body}",
+                route.method, route.path
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_role_writes_nothing() {
+    let app = spawn_app().await;
+    let input = valid_input(TOOL);
+
+    for role in [Role::Auditor, Role::Admin] {
+        let response = app.submit("case-1", TOOL, &input, role).await;
+
+        problem(response, StatusCode::FORBIDDEN, "/problems/forbidden").await;
+    }
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}

@@ -1,0 +1,161 @@
+//! A case over HTTP: its decisions and its journey (stage, latest decision per tool, what is due).
+
+use reqwest::StatusCode;
+use safeguard::auth::Role;
+use serde_json::{json, Value};
+
+use crate::common::{json_of, spawn_app, valid_input, TestApp, TOOL};
+
+async fn journey(app: &TestApp, case: &str) -> Value {
+    json_of(
+        app.get(&format!("/v1/cases/{case}"), Role::Practitioner)
+            .await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The tools the journey says are due for `why`.
+fn due(journey: &Value, why: &str) -> Vec<String> {
+    journey["due"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no due list: {journey}"))
+        .iter()
+        .filter(|d| d["why"] == why)
+        .map(|d| d["tool"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_case_with_no_decisions_is_at_stage_0_with_the_front_door_due() {
+    let app = spawn_app().await;
+
+    let journey = journey(&app, "case-new").await;
+
+    assert_eq!(journey["case"], "case-new");
+    assert_eq!(journey["stage"], 0);
+    assert_eq!(journey["latest"], json!({}));
+    assert!(
+        due(&journey, "not-done").contains(&"threshold".to_owned()),
+        "{journey}"
+    );
+}
+
+#[tokio::test]
+async fn a_harm_analysis_moves_the_case_to_stage_1_with_the_rest_of_stage_1_due() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["stage"], 1);
+    let latest = &journey["latest"][TOOL];
+    assert_eq!(latest["decision_id"], decision["id"]);
+    assert_eq!(latest["revision"], 1);
+    assert_eq!(latest["level"], decision["level"]);
+    assert!(latest["review_due"].is_string(), "{journey}");
+    let not_done = due(&journey, "not-done");
+    assert!(not_done.contains(&"safety-scaling".to_owned()), "{journey}");
+    assert!(!not_done.contains(&TOOL.to_owned()), "{journey}");
+}
+
+#[tokio::test]
+async fn the_stage_is_the_furthest_stage_with_a_decision() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+    app.decide("case-1", "threshold").await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["stage"], 1);
+    assert!(journey["latest"]["threshold"].is_object(), "{journey}");
+}
+
+#[tokio::test]
+async fn when_a_stage_is_done_the_next_stages_tools_are_due() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+    app.decide("case-1", "safety-scaling").await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["stage"], 1);
+    let not_done = due(&journey, "not-done");
+    for tool in ["engagement-readiness", "network-map"] {
+        assert!(not_done.contains(&tool.to_owned()), "{tool}: {journey}");
+    }
+    assert!(due(&journey, "review-overdue").is_empty(), "{journey}");
+}
+
+#[tokio::test]
+async fn the_journey_shows_the_newest_decision_of_each_tool() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+    let newer = app.decide("case-1", TOOL).await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["latest"][TOOL]["decision_id"], newer["id"]);
+}
+
+#[tokio::test]
+async fn the_journey_shows_the_level_of_an_approved_override() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let levels = app.levels(TOOL).await;
+    let at = levels.iter().position(|l| *l == decision["level"]).unwrap();
+    let level = &levels[if at + 1 < levels.len() {
+        at + 1
+    } else {
+        at - 1
+    }];
+    app.override_level(id, Role::Practitioner, 1, level).await;
+    json_of(
+        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["latest"][TOOL]["level"], level.as_str());
+    assert_eq!(journey["latest"][TOOL]["revision"], 3);
+}
+
+#[tokio::test]
+async fn a_case_lists_the_latest_revision_of_each_decision_oldest_first() {
+    let app = spawn_app().await;
+    let first = app.decide("case-1", TOOL).await;
+    let second = app.decide("case-1", "threshold").await;
+    let first_id = first["id"].as_str().unwrap();
+    let amended = json_of(
+        app.change(
+            first_id,
+            "revisions",
+            Role::Practitioner,
+            1,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let decisions = app.case_decisions("case-1").await;
+
+    assert_eq!(decisions, [amended, second]);
+}
+
+#[tokio::test]
+async fn cases_whose_ids_share_a_prefix_keep_their_decisions_apart() {
+    let app = spawn_app().await;
+    let short = app.decide("case-1", TOOL).await;
+    let long = app.decide("case-10", TOOL).await;
+
+    let decisions = app.case_decisions("case-1").await;
+
+    assert_eq!(decisions, [short]);
+    assert_eq!(app.case_decisions("case-10").await, [long]);
+}

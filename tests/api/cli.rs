@@ -1,0 +1,179 @@
+//! `safeguard check` as a tool owner runs it: the real binary, its exit code and what it prints.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use safeguard::check::CASES_DIR;
+use serde_json::json;
+
+use crate::{broken_root, copy_tool, hostile_root};
+
+/// Runs the `safeguard` binary with `args` and returns its exit status and output.
+fn safeguard<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(args)
+        .output()
+        .expect("the safeguard binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("the report is UTF-8")
+}
+
+/// Asserts that `check` failed: exit code 1 and a report that ends in `FAILED`.
+fn assert_check_failed(output: &Output) {
+    let text = stdout(output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.trim_end().ends_with("FAILED"), "{text}");
+}
+
+#[test]
+fn check_of_a_rules_syntax_error_fails_and_prints_file_line_column_and_reason() {
+    let root = broken_root("rhai-syntax");
+
+    let output = safeguard([OsStr::new("check"), root.as_os_str()]);
+
+    assert_check_failed(&output);
+    let location = format!("{}:3:34: ", root.join("rules/rhai-syntax.rhai").display());
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("{location}Syntax error: Unexpected ';'")),
+        "expected {location:?} and the reason in:\n{text}"
+    );
+}
+
+#[test]
+fn check_of_a_json_syntax_error_fails_and_prints_file_line_column_and_reason() {
+    let root = broken_root("json-syntax");
+
+    let output = safeguard([OsStr::new("check"), root.as_os_str()]);
+
+    assert_check_failed(&output);
+    let location = format!(
+        "{}:5:3: ",
+        root.join("tool-schemas/json-syntax.json").display()
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("{location}not valid JSON")),
+        "expected {location:?} and the reason in:\n{text}"
+    );
+    assert!(text.contains("1 load problem(s)"), "{text}");
+}
+
+#[test]
+fn check_of_a_failing_case_fails_and_prints_the_difference() {
+    let output = safeguard([OsStr::new("check"), broken_root("failing-case").as_os_str()]);
+
+    assert_check_failed(&output);
+    let text = stdout(&output);
+    assert!(text.contains("FAIL failing-case"), "{text}");
+    assert!(
+        text.contains(r#"level: expected "low", got "high""#),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_of_the_hostile_catalog_fails_because_it_has_no_cases_to_reach_any_level() {
+    // Every hostile script compiles, so the catalog loads; but with no cases no declared level
+    // is reached, and a tool is not done until every level is.
+    let output = safeguard([OsStr::new("check"), hostile_root().as_os_str()]);
+
+    assert_check_failed(&output);
+    let text = stdout(&output);
+    assert!(text.contains("0 load problem(s)"), "{text}");
+    assert!(
+        text.contains("7 tool(s), 0 case(s)")
+            && text.contains("14 declared level(s) reached by no case"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_with_tool_reports_only_that_tool() {
+    let output = safeguard([
+        OsStr::new("check"),
+        OsStr::new("--tool"),
+        OsStr::new("well-behaved"),
+        hostile_root().as_os_str(),
+    ]);
+
+    assert_check_failed(&output);
+    let text = stdout(&output);
+    assert!(text.contains("FAIL well-behaved 1.0.0"), "{text}");
+    assert!(
+        text.contains("low (NOT REACHED), high (NOT REACHED)"),
+        "{text}"
+    );
+    assert!(!text.contains("endless-loop"), "{text}");
+    assert!(text.contains("1 tool(s), 0 case(s)"), "{text}");
+}
+
+#[test]
+fn check_with_an_unknown_tool_fails_and_says_there_is_no_such_tool() {
+    let output = safeguard([
+        OsStr::new("check"),
+        OsStr::new("--tool"),
+        OsStr::new("no-such-tool"),
+        hostile_root().as_os_str(),
+    ]);
+
+    assert_check_failed(&output);
+    assert!(
+        stdout(&output).contains(r#"there is no tool "no-such-tool""#),
+        "{}",
+        stdout(&output)
+    );
+}
+
+/// Writes a case for `id` under the catalog at `root`.
+fn write_case(root: &Path, id: &str, file: &str, case: serde_json::Value) {
+    let dir = root.join(CASES_DIR).join(id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(file), serde_json::to_string_pretty(&case).unwrap()).unwrap();
+}
+
+#[test]
+fn check_exits_zero_when_every_case_passes_and_every_level_is_reached() {
+    let dir = copy_tool(&hostile_root(), "well-behaved");
+    write_case(
+        dir.path(),
+        "well-behaved",
+        "two-concerns-just-below-the-cut-is-low.json",
+        json!({
+            "name": "two concerns, just below the cut, is low",
+            "input": {"concerns": 2, "child_view": "feels-safe"},
+            "expect": {"level": "low", "score": 4, "flags": [], "reasons": ["WB-CONCERNS"]}
+        }),
+    );
+    write_case(
+        dir.path(),
+        "well-behaved",
+        "three-concerns-at-the-cut-is-high.json",
+        json!({
+            "name": "three concerns, exactly at the cut, is high",
+            "input": {"concerns": 3},
+            "expect": {"level": "high", "score": 6, "flags": ["child-voice-missing"]}
+        }),
+    );
+
+    let output = safeguard([
+        OsStr::new("check"),
+        OsStr::new("--tool"),
+        OsStr::new("well-behaved"),
+        dir.path().as_os_str(),
+    ]);
+
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("ok   well-behaved 1.0.0"), "{text}");
+    assert!(text.contains("2/2 cases passed"), "{text}");
+    assert!(text.trim_end().ends_with("PASSED"), "{text}");
+}

@@ -1,0 +1,352 @@
+//! The running service every HTTP test drives: [`spawn_app`] starts the real server on
+//! `127.0.0.1:0` with a fresh sled folder and one token per role, and [`TestApp`] speaks to it
+//! through typed helpers, so a test reads as what a client does rather than how HTTP is spelt.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use safeguard::auth::Role;
+use safeguard::config::Config;
+use safeguard::server::Server;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The tool most tests decide with: it scores, has four levels and an override policy of
+/// `{direction: any, max_steps: 1}`.
+pub const TOOL: &str = "harm-analysis";
+
+/// The subject of the second supervisor's token, for four-eyes approvals.
+pub const SECOND_SUPERVISOR: &str = "sam-supervisor";
+
+/// A service running on its own port and its own store.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub address: String,
+    pub client: reqwest::Client,
+    /// One token per role; each subject is `<name>-<role>`, e.g. `pat-practitioner`.
+    pub tokens: HashMap<Role, String>,
+    /// A second supervisor's token (subject [`SECOND_SUPERVISOR`]): an override made by the
+    /// first supervisor needs someone else to approve it.
+    pub second_supervisor: String,
+    /// Held so the folder outlives every server started on it, across restarts.
+    data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The subject the token of `role` carries.
+pub fn subject(role: Role) -> &'static str {
+    match role {
+        Role::Practitioner => "pat-practitioner",
+        Role::Supervisor => "sue-supervisor",
+        Role::Auditor => "ari-auditor",
+        Role::Admin => "ada-admin",
+    }
+}
+
+fn config(data_dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("a socket address"),
+        data_dir: data_dir.to_owned(),
+        tools_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ..Config::default()
+    }
+}
+
+async fn build(data_dir: &Path) -> Server {
+    Server::build(&config(data_dir))
+        .await
+        .unwrap_or_else(|e| panic!("the service starts: {e}"))
+}
+
+type Running = (String, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>);
+
+/// Runs `server` on a task until its shutdown sender fires.
+fn launch(server: Server) -> Running {
+    let address = format!("http://{}", server.local_addr());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.run_until_stopped(async {
+        // A dropped sender stops the server too.
+        let _ = stopped.await;
+    }));
+    (address, shutdown, handle)
+}
+
+/// Starts the service on a free port with an empty store and a token for every role.
+pub async fn spawn_app() -> TestApp {
+    let data_dir = tempfile::tempdir().expect("a temporary data folder");
+    let server = build(data_dir.path()).await;
+    let tokens = Role::ALL
+        .into_iter()
+        .map(|role| {
+            let token = server
+                .add_token(role, subject(role))
+                .expect("the token is stored");
+            (role, token)
+        })
+        .collect();
+    let second_supervisor = server
+        .add_token(Role::Supervisor, SECOND_SUPERVISOR)
+        .expect("the token is stored");
+    let (address, shutdown, handle) = launch(server);
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        tokens,
+        second_supervisor,
+        data_dir,
+        shutdown: Some(shutdown),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully (in-flight requests finish, the store closes) and starts a
+    /// new one on the same data folder. Tokens live in the store, so every token still works.
+    pub async fn restart(mut self) -> TestApp {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("the server task does not panic")
+                .expect("the server stops cleanly");
+        }
+        let (address, shutdown, handle) = launch(build(self.data_dir.path()).await);
+        TestApp {
+            address,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+            ..self
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn token(&self, role: Role) -> &str {
+        &self.tokens[&role]
+    }
+
+    /// A request to `path`, with `token` as its bearer token if there is one; the caller adds
+    /// the rest and sends it.
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let request = self.client.request(method, self.url(path));
+        match token {
+            Some(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str, role: Role) -> Response {
+        self.request(Method::GET, path, Some(self.token(role)))
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    pub async fn post_json(&self, path: &str, role: Role, body: &Value) -> Response {
+        self.post_json_as(path, self.token(role), None, body).await
+    }
+
+    /// POSTs `body` with `token`, and `If-Match` set to the ETag of revision `if_match`.
+    pub async fn post_json_as(
+        &self,
+        path: &str,
+        token: &str,
+        if_match: Option<u32>,
+        body: &Value,
+    ) -> Response {
+        let mut request = self.request(Method::POST, path, Some(token)).json(body);
+        if let Some(revision) = if_match {
+            request = request.header(IF_MATCH, format!("\"{revision}\""));
+        }
+        request.send().await.expect("the request is sent")
+    }
+
+    /// POSTs `body` to `/v1/decisions/{id}/{action}` building on revision `if_match`.
+    pub async fn change(
+        &self,
+        id: &str,
+        action: &str,
+        role: Role,
+        if_match: u32,
+        body: &Value,
+    ) -> Response {
+        let path = format!("/v1/decisions/{id}/{action}");
+        self.post_json_as(&path, self.token(role), Some(if_match), body)
+            .await
+    }
+
+    /// Submits `input` to `tool` for `case`.
+    pub async fn submit(&self, case: &str, tool: &str, input: &Value, role: Role) -> Response {
+        let body = json!({"tool": tool, "input": input});
+        self.post_json(&format!("/v1/cases/{case}/decisions"), role, &body)
+            .await
+    }
+
+    /// Submits a valid form of `tool` for `case` as the practitioner; returns the decision.
+    pub async fn decide(&self, case: &str, tool: &str) -> Value {
+        let response = self
+            .submit(case, tool, &valid_input(tool), Role::Practitioner)
+            .await;
+        json_of(response, StatusCode::CREATED).await
+    }
+
+    /// Overrides decision `id` (at revision `if_match`) to `level` as `role`; returns the new
+    /// revision.
+    pub async fn override_level(&self, id: &str, role: Role, if_match: u32, level: &str) -> Value {
+        let body = json!({"level": level, "reason": "the child told us more at the visit"});
+        let response = self.change(id, "override", role, if_match, &body).await;
+        json_of(response, StatusCode::CREATED).await
+    }
+
+    /// The latest revision of every decision of `case`.
+    pub async fn case_decisions(&self, case: &str) -> Vec<Value> {
+        let response = self
+            .get(&format!("/v1/cases/{case}/decisions"), Role::Auditor)
+            .await;
+        array_of(response).await
+    }
+
+    /// Every revision of decision `id`, oldest first.
+    pub async fn revisions(&self, id: &str) -> Vec<Value> {
+        let response = self
+            .get(&format!("/v1/decisions/{id}/revisions"), Role::Auditor)
+            .await;
+        array_of(response).await
+    }
+
+    /// The levels `tool` declares, least serious first.
+    pub async fn levels(&self, tool: &str) -> Vec<String> {
+        let response = self.get(&format!("/v1/tools/{tool}"), Role::Auditor).await;
+        let detail = json_of(response, StatusCode::OK).await;
+        detail["outcomes"]
+            .as_array()
+            .expect("a tool lists its outcomes")
+            .iter()
+            .map(|o| o["level"].as_str().expect("a level").to_owned())
+            .collect()
+    }
+
+    /// Asserts that the journal holds no revision at all: the next decision stored, in a case
+    /// of its own, is the journal's first. Proves that a refused request wrote nothing anywhere,
+    /// not only nothing under the case it named.
+    pub async fn assert_journal_empty(&self) {
+        let probe = self.decide("journal-probe", TOOL).await;
+        assert_eq!(probe["seq"], 1, "the journal already held a revision");
+    }
+}
+
+/// The `*.json` files in `dir`, in name order; none if it does not exist.
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The tool cases that pin `tool` as the service serves it. The service loads the plugins under
+/// the repository, so, as `safeguard check` does, a tool some plugin changes is pinned by the
+/// plugins' cases (every plugin's, in name order) and any other tool by its core cases.
+fn tool_cases(tool: &str) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut plugins: Vec<PathBuf> = fs::read_dir(root.join("plugins"))
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    plugins.sort();
+    let mut files: Vec<PathBuf> = plugins
+        .iter()
+        .flat_map(|plugin| json_files(&plugin.join("cases").join(tool)))
+        .collect();
+    if files.is_empty() {
+        files = json_files(&root.join("tests/cases").join(tool));
+    }
+    files
+        .iter()
+        .map(|path| {
+            let text =
+                fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// The first case of `tool` that expects a level, i.e. one whose form the tool accepts.
+pub fn valid_case(tool: &str) -> Value {
+    tool_cases(tool)
+        .into_iter()
+        .find(|case| case["expect"].get("level").is_some())
+        .unwrap_or_else(|| panic!("no case of {tool} expects a level"))
+}
+
+/// The input of [`valid_case`]: a form `tool` accepts.
+pub fn valid_input(tool: &str) -> Value {
+    valid_case(tool)["input"].clone()
+}
+
+/// The first case of `tool` that expects a level other than `level`: its input and expectation.
+pub fn case_not_at(tool: &str, level: &str) -> (Value, Value) {
+    tool_cases(tool)
+        .into_iter()
+        .find(|case| case["expect"]["level"].as_str().is_some_and(|l| l != level))
+        .map(|case| (case["input"].clone(), case["expect"].clone()))
+        .unwrap_or_else(|| panic!("no case of {tool} expects a level other than {level}"))
+}
+
+/// The JSON body of a response that must have `status`.
+pub async fn json_of(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let text = response.text().await.expect("a body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the body is not JSON ({e}): {text}"))
+}
+
+async fn array_of(response: Response) -> Vec<Value> {
+    match json_of(response, StatusCode::OK).await {
+        Value::Array(items) => items,
+        other => panic!("expected a JSON array, got {other}"),
+    }
+}
+
+/// Asserts that `response` is an RFC 9457 problem with `status` and problem type `type_`
+/// (e.g. `/problems/conflict`); returns the problem document.
+pub async fn problem(response: Response, status: StatusCode, type_: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = json_of(response, status).await;
+    assert_eq!(content_type, "application/problem+json", "{body}");
+    assert_eq!(body["type"], type_, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    body
+}
+
+/// The `path` of every error a problem lists.
+pub fn error_paths(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the problem lists no errors: {problem}"))
+        .iter()
+        .map(|e| {
+            e["path"]
+                .as_str()
+                .expect("an error names a path")
+                .to_owned()
+        })
+        .collect()
+}

@@ -1,0 +1,770 @@
+//! A decision's life over HTTP: evaluate, submit, read, retry, amend, override and approve, and
+//! who each revision says made it.
+
+use reqwest::header::{ETAG, LOCATION};
+use reqwest::StatusCode;
+use safeguard::auth::Role;
+use serde_json::{json, Value};
+
+use crate::common::{
+    case_not_at, error_paths, json_of, problem, spawn_app, subject, valid_case, valid_input,
+    TestApp, SECOND_SUPERVISOR, TOOL,
+};
+
+/// What the tool is expected to decide for [`valid_input`].
+fn expected_for_valid_input() -> Value {
+    valid_case(TOOL)["expect"].clone()
+}
+
+/// A level `steps` away from `level` in `levels`, in whichever direction exists.
+fn levels_away(levels: &[String], level: &str, steps: usize) -> String {
+    let at = levels.iter().position(|l| l == level).unwrap();
+    let to = if at + steps < levels.len() {
+        at + steps
+    } else {
+        at.checked_sub(steps)
+            .expect("the tool has enough levels for this step")
+    };
+    levels[to].clone()
+}
+
+/// Submits a decision and overrides it one level away as `by`; returns the pending revision.
+async fn pending_override(app: &TestApp, case: &str, by: Role) -> Value {
+    let decision = app.decide(case, TOOL).await;
+    let levels = app.levels(TOOL).await;
+    let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
+    app.override_level(decision["id"].as_str().unwrap(), by, 1, &level)
+        .await
+}
+
+#[tokio::test]
+async fn evaluate_returns_level_score_and_reasons() {
+    let app = spawn_app().await;
+    let expect = expected_for_valid_input();
+
+    let response = app
+        .post_json(
+            &format!("/v1/tools/{TOOL}/evaluate"),
+            Role::Practitioner,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await;
+
+    let evaluation = json_of(response, StatusCode::OK).await;
+    assert_eq!(evaluation["level"], expect["level"], "{evaluation}");
+    if let Some(score) = expect.get("score") {
+        assert_eq!(&evaluation["score"], score, "{evaluation}");
+    }
+    assert!(!evaluation["reasons"].as_array().unwrap().is_empty());
+    assert_eq!(evaluation["tool"]["id"], TOOL);
+}
+
+#[tokio::test]
+async fn evaluate_stores_nothing() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_json(
+            &format!("/v1/tools/{TOOL}/evaluate"),
+            Role::Practitioner,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn evaluate_of_an_invalid_form_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input.as_object_mut().unwrap().remove("information_from");
+
+    let response = app
+        .post_json(
+            &format!("/v1/tools/{TOOL}/evaluate"),
+            Role::Auditor,
+            &json!({"input": input}),
+        )
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/information_from"], "{body}");
+}
+
+#[tokio::test]
+async fn evaluate_of_an_unknown_tool_is_404() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_json(
+            "/v1/tools/no-such-tool/evaluate",
+            Role::Auditor,
+            &json!({"input": {}}),
+        )
+        .await;
+
+    problem(response, StatusCode::NOT_FOUND, "/problems/unknown-tool").await;
+}
+
+#[tokio::test]
+async fn submit_returns_201_with_the_whole_decision_its_etag_and_location() {
+    let app = spawn_app().await;
+    let expect = expected_for_valid_input();
+
+    let response = app
+        .submit("case-1", TOOL, &valid_input(TOOL), Role::Practitioner)
+        .await;
+
+    let etag = response.headers().get(ETAG).cloned();
+    let location = response.headers().get(LOCATION).cloned();
+    let decision = json_of(response, StatusCode::CREATED).await;
+    let id = decision["id"].as_str().expect("an id");
+    assert_eq!(etag.unwrap(), "\"1\"");
+    assert_eq!(location.unwrap(), format!("/v1/decisions/{id}").as_str());
+    assert_eq!(decision["revision"], 1);
+    assert_eq!(decision["case"], "case-1");
+    assert_eq!(decision["level"], expect["level"]);
+    if let Some(score) = expect.get("score") {
+        assert_eq!(&decision["score"], score);
+    }
+    for field in ["recommendation", "explanation"] {
+        assert!(
+            decision[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field}: {decision}"
+        );
+    }
+    assert!(!decision["reasons"].as_array().unwrap().is_empty());
+    assert!(decision["flags"].is_array());
+    assert_eq!(decision["tool"]["id"], TOOL);
+    assert!(decision["tool"]["version"].is_string());
+    assert!(decision["tool"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(decision["hash"].as_str().unwrap().starts_with("sha256:"));
+}
+
+#[tokio::test]
+async fn a_submitted_decision_reads_back_with_its_etag() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    let response = app.get(&format!("/v1/decisions/{id}"), Role::Auditor).await;
+
+    assert_eq!(response.headers().get(ETAG).unwrap(), "\"1\"");
+    assert_eq!(json_of(response, StatusCode::OK).await, decision);
+}
+
+#[tokio::test]
+async fn a_submitted_decision_has_a_history_of_one_revision() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+
+    let history = app.revisions(decision["id"].as_str().unwrap()).await;
+
+    assert_eq!(history, [decision]);
+}
+
+#[tokio::test]
+async fn an_unknown_decision_is_a_404_problem() {
+    let app = spawn_app().await;
+    let id = "0190f0f0-0000-7000-8000-000000000000";
+
+    for path in [
+        format!("/v1/decisions/{id}"),
+        format!("/v1/decisions/{id}/revisions"),
+    ] {
+        let response = app.get(&path, Role::Auditor).await;
+
+        problem(
+            response,
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-decision",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn amending_an_unknown_decision_is_a_404_and_stores_nothing() {
+    let app = spawn_app().await;
+
+    let response = app
+        .change(
+            "0190f0f0-0000-7000-8000-000000000000",
+            "revisions",
+            Role::Practitioner,
+            1,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await;
+
+    problem(
+        response,
+        StatusCode::NOT_FOUND,
+        "/problems/unknown-decision",
+    )
+    .await;
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_returns_the_first_decision() {
+    let app = spawn_app().await;
+    let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
+    let token = app.token(Role::Practitioner);
+    let send = || {
+        app.request(
+            reqwest::Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(token),
+        )
+        .header("Idempotency-Key", "visit-2024-05-01")
+        .json(&body)
+        .send()
+    };
+    let first = json_of(send().await.unwrap(), StatusCode::CREATED).await;
+
+    let retry = json_of(send().await.unwrap(), StatusCode::CREATED).await;
+
+    assert_eq!(retry["id"], first["id"]);
+    assert_eq!(app.case_decisions("case-1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_422() {
+    let app = spawn_app().await;
+    let token = app.token(Role::Practitioner);
+    let send = |input: Value| {
+        app.request(
+            reqwest::Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(token),
+        )
+        .header("Idempotency-Key", "visit-2024-05-01")
+        .json(&json!({"tool": TOOL, "input": input}))
+        .send()
+    };
+    let mut input = valid_input(TOOL);
+    json_of(send(input.clone()).await.unwrap(), StatusCode::CREATED).await;
+    input["child_view"] = json!("He says he is scared at night.");
+
+    let response = send(input).await.unwrap();
+
+    problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-mismatch",
+    )
+    .await;
+    assert_eq!(app.case_decisions("case-1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_case_is_422() {
+    let app = spawn_app().await;
+    let token = app.token(Role::Practitioner);
+    let send = |case: &str| {
+        app.request(
+            reqwest::Method::POST,
+            &format!("/v1/cases/{case}/decisions"),
+            Some(token),
+        )
+        .header("Idempotency-Key", "visit-2024-05-01")
+        .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
+        .send()
+    };
+    json_of(send("case-1").await.unwrap(), StatusCode::CREATED).await;
+
+    let response = send("case-2").await.unwrap();
+
+    problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-mismatch",
+    )
+    .await;
+    assert!(app.case_decisions("case-2").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_the_subject_that_sent_it() {
+    let app = spawn_app().await;
+    let send = |role: Role| {
+        app.request(
+            reqwest::Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(role)),
+        )
+        .header("Idempotency-Key", "visit-2024-05-01")
+        .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
+        .send()
+    };
+    let practitioners = json_of(send(Role::Practitioner).await.unwrap(), StatusCode::CREATED).await;
+
+    let response = send(Role::Supervisor).await.unwrap();
+
+    let supervisors = json_of(response, StatusCode::CREATED).await;
+    assert_ne!(supervisors["id"], practitioners["id"]);
+    assert_eq!(app.case_decisions("case-1").await.len(), 2);
+}
+
+#[tokio::test]
+async fn amending_with_the_current_etag_appends_a_re_evaluated_revision() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let (input, expect) = case_not_at(TOOL, decision["level"].as_str().unwrap());
+
+    let response = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            1,
+            &json!({"input": input}),
+        )
+        .await;
+
+    assert_eq!(response.headers().get(ETAG).unwrap(), "\"2\"");
+    let amended = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(amended["id"], decision["id"]);
+    assert_eq!(amended["revision"], 2);
+    assert_eq!(amended["kind"], "amended");
+    assert_eq!(amended["input"], input);
+    assert_eq!(amended["level"], expect["level"], "{amended}");
+    assert_eq!(app.revisions(id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn amending_with_expected_revision_in_the_body_works_like_if_match() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let path = format!(
+        "/v1/decisions/{}/revisions",
+        decision["id"].as_str().unwrap()
+    );
+
+    let response = app
+        .post_json(
+            &path,
+            Role::Supervisor,
+            &json!({"input": valid_input(TOOL), "expected_revision": 1}),
+        )
+        .await;
+
+    let amended = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(amended["revision"], 2);
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_rejected_with_409_and_nothing_is_written() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let body = json!({"input": valid_input(TOOL)});
+    json_of(
+        app.change(id, "revisions", Role::Practitioner, 1, &body)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let response = app
+        .change(id, "revisions", Role::Supervisor, 1, &body)
+        .await;
+
+    problem(response, StatusCode::CONFLICT, "/problems/conflict").await;
+    assert_eq!(app.revisions(id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_change_without_if_match_or_expected_revision_is_428() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    let response = app
+        .post_json(
+            &format!("/v1/decisions/{id}/revisions"),
+            Role::Practitioner,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await;
+
+    problem(
+        response,
+        StatusCode::PRECONDITION_REQUIRED,
+        "/problems/revision-required",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_override_to_an_undeclared_level_is_422_naming_the_level() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    let response = app
+        .change(
+            id,
+            "override",
+            Role::Practitioner,
+            1,
+            &json!({"level": "catastrophic", "reason": "seen at the visit"}),
+        )
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-override",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/level"], "{body}");
+    assert_eq!(app.revisions(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_override_without_a_reason_is_422_naming_the_reason() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let levels = app.levels(TOOL).await;
+    let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
+
+    let response = app
+        .change(
+            id,
+            "override",
+            Role::Practitioner,
+            1,
+            &json!({"level": level, "reason": "  "}),
+        )
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-override",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/reason"], "{body}");
+    assert_eq!(app.revisions(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_override_two_levels_away_breaks_the_one_step_policy_and_is_422() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let levels = app.levels(TOOL).await;
+    let level = levels_away(&levels, decision["level"].as_str().unwrap(), 2);
+
+    let response = app
+        .change(
+            id,
+            "override",
+            Role::Practitioner,
+            1,
+            &json!({"level": level, "reason": "seen at the visit"}),
+        )
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-override",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/level"], "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("override policy") && message.contains("at most 1"),
+        "the message does not name the rule: {message}"
+    );
+    assert_eq!(app.revisions(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_valid_override_waits_for_approval_and_leaves_the_level_unchanged() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let levels = app.levels(TOOL).await;
+    let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
+
+    let overridden = app
+        .override_level(
+            decision["id"].as_str().unwrap(),
+            Role::Practitioner,
+            1,
+            &level,
+        )
+        .await;
+
+    assert_eq!(overridden["revision"], 2);
+    assert_eq!(overridden["kind"], "overridden");
+    assert_eq!(overridden["level"], decision["level"]);
+    assert_eq!(overridden["tool_level"], decision["level"]);
+    assert_eq!(overridden["override"]["status"], "pending");
+    assert_eq!(overridden["override"]["level"], level.as_str());
+    assert_eq!(
+        overridden["override"]["reason"],
+        "the child told us more at the visit"
+    );
+    assert_eq!(
+        overridden["override"]["by"]["subject"],
+        subject(Role::Practitioner)
+    );
+}
+
+#[tokio::test]
+async fn an_override_one_level_down_is_allowed_when_the_policy_says_any_direction() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let levels = app.levels(TOOL).await;
+    let at = levels.iter().position(|l| *l == decision["level"]).unwrap();
+    let lower = &levels[at
+        .checked_sub(1)
+        .expect("the valid input is above the lowest level")];
+
+    let overridden = app
+        .override_level(
+            decision["id"].as_str().unwrap(),
+            Role::Practitioner,
+            1,
+            lower,
+        )
+        .await;
+
+    assert_eq!(overridden["override"]["level"], lower.as_str());
+}
+
+#[tokio::test]
+async fn an_override_to_the_level_the_tool_decided_is_422() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    let response = app
+        .change(
+            id,
+            "override",
+            Role::Practitioner,
+            1,
+            &json!({"level": decision["level"], "reason": "seen at the visit"}),
+        )
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-override",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/level"], "{body}");
+}
+
+#[tokio::test]
+async fn the_supervisor_who_made_an_override_cannot_approve_it() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Supervisor).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .change(id, "approve", Role::Supervisor, 2, &json!({}))
+        .await;
+
+    problem(response, StatusCode::FORBIDDEN, "/problems/four-eyes").await;
+    assert_eq!(app.revisions(id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn another_supervisor_approves_an_override_and_its_level_takes_effect() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Supervisor).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .post_json_as(
+            &format!("/v1/decisions/{id}/approve"),
+            &app.second_supervisor,
+            Some(2),
+            &json!({}),
+        )
+        .await;
+
+    let approved = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(approved["revision"], 3);
+    assert_eq!(approved["kind"], "approved");
+    assert_eq!(approved["level"], pending["override"]["level"]);
+    assert_eq!(approved["tool_level"], pending["tool_level"]);
+    assert_eq!(approved["override"]["status"], "approved");
+    assert_eq!(
+        approved["override"]["approved_by"],
+        json!({"subject": SECOND_SUPERVISOR, "role": "supervisor"})
+    );
+}
+
+#[tokio::test]
+async fn a_supervisor_approves_a_practitioners_override() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .change(id, "approve", Role::Supervisor, 2, &json!({}))
+        .await;
+
+    let approved = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(approved["level"], pending["override"]["level"]);
+    assert_eq!(
+        approved["override"]["approved_by"]["subject"],
+        subject(Role::Supervisor)
+    );
+}
+
+#[tokio::test]
+async fn approving_with_no_override_pending_is_409() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    let response = app
+        .change(id, "approve", Role::Supervisor, 1, &json!({}))
+        .await;
+
+    problem(
+        response,
+        StatusCode::CONFLICT,
+        "/problems/no-pending-override",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn approving_an_override_twice_is_409() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    json_of(
+        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let response = app
+        .post_json_as(
+            &format!("/v1/decisions/{id}/approve"),
+            &app.second_supervisor,
+            Some(3),
+            &json!({}),
+        )
+        .await;
+
+    problem(
+        response,
+        StatusCode::CONFLICT,
+        "/problems/no-pending-override",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_practitioner_cannot_approve_an_override() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Supervisor).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .change(id, "approve", Role::Practitioner, 2, &json!({}))
+        .await;
+
+    problem(response, StatusCode::FORBIDDEN, "/problems/forbidden").await;
+    assert_eq!(app.revisions(id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn amending_drops_an_override_made_on_the_old_input() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            2,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await;
+
+    let amended = json_of(response, StatusCode::CREATED).await;
+    assert!(amended.get("override").is_none(), "{amended}");
+}
+
+#[tokio::test]
+async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    json_of(
+        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    json_of(
+        app.change(
+            id,
+            "revisions",
+            Role::Supervisor,
+            3,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    json_of(
+        app.post_json_as(
+            &format!("/v1/decisions/{id}/override"),
+            &app.second_supervisor,
+            Some(4),
+            &json!({"level": pending["override"]["level"], "reason": "still worried"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let history = app.revisions(id).await;
+
+    let actors: Vec<Value> = history.iter().map(|r| r["actor"].clone()).collect();
+    let actor = |subject: &str, role: &str| json!({"subject": subject, "role": role});
+    assert_eq!(
+        actors,
+        [
+            actor(subject(Role::Practitioner), "practitioner"),
+            actor(subject(Role::Practitioner), "practitioner"),
+            actor(subject(Role::Supervisor), "supervisor"),
+            actor(subject(Role::Supervisor), "supervisor"),
+            actor(SECOND_SUPERVISOR, "supervisor"),
+        ]
+    );
+}

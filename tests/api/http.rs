@@ -1,0 +1,376 @@
+//! The service as an HTTP citizen: the open operational routes, the API description, metrics,
+//! and the problem every malformed request gets, after which nothing has been stored.
+
+use reqwest::header::{ALLOW, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use safeguard::auth::Role;
+use serde_json::{json, Value};
+
+use crate::common::{error_paths, problem, spawn_app, valid_input, TOOL};
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_api_description_need_no_token() {
+    let app = spawn_app().await;
+
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = app.request(Method::GET, path, None).send().await.unwrap();
+
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_description_is_openapi_3_1_and_lists_every_route() {
+    let app = spawn_app().await;
+    let expected = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/v1/tools"),
+        ("get", "/v1/tools/{tool}"),
+        ("post", "/v1/tools/{tool}/evaluate"),
+        ("post", "/v1/cases/{case}/decisions"),
+        ("get", "/v1/cases/{case}/decisions"),
+        ("get", "/v1/cases/{case}"),
+        ("get", "/v1/decisions/{id}"),
+        ("get", "/v1/decisions/{id}/revisions"),
+        ("post", "/v1/decisions/{id}/revisions"),
+        ("post", "/v1/decisions/{id}/override"),
+        ("post", "/v1/decisions/{id}/approve"),
+    ];
+
+    let response = app
+        .request(Method::GET, "/openapi.json", None)
+        .send()
+        .await
+        .unwrap();
+
+    let doc: Value = response.json().await.unwrap();
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "openapi is {}",
+        doc["openapi"]
+    );
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(method, path)| doc["paths"][path][method].is_null())
+        .map(|(method, path)| format!("{} {path}", method.to_uppercase()))
+        .collect();
+    assert!(missing.is_empty(), "not described: {missing:?}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_decisions_and_commit_batches() {
+    let app = spawn_app().await;
+    app.decide("case-metrics", TOOL).await;
+
+    let response = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap();
+
+    let text = response.text().await.unwrap();
+    for name in [
+        "safeguard_http_requests_total",
+        "safeguard_decisions_total",
+        "safeguard_commit_batch_size",
+    ] {
+        assert!(text.contains(name), "{name} is missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn request_metrics_are_labelled_by_route_template_not_by_case() {
+    let app = spawn_app().await;
+    app.decide("case-labels", TOOL).await;
+
+    let response = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap();
+
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(r#"route="/v1/cases/{case}/decisions",method="POST",status="201""#),
+        "{text}"
+    );
+    assert!(!text.contains("case-labels"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unknown_address_is_a_404_problem() {
+    let app = spawn_app().await;
+
+    let response = app.get("/v1/nothing-here", Role::Auditor).await;
+
+    problem(response, StatusCode::NOT_FOUND, "/problems/not-found").await;
+}
+
+#[tokio::test]
+async fn an_unknown_tool_is_a_404_problem_and_nothing_is_stored() {
+    let app = spawn_app().await;
+
+    let response = app
+        .submit("case-1", "no-such-tool", &json!({}), Role::Practitioner)
+        .await;
+
+    problem(response, StatusCode::NOT_FOUND, "/problems/unknown-tool").await;
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_form_missing_a_required_field_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input.as_object_mut().unwrap().remove("severity");
+
+    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/severity"], "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_form_with_an_unknown_field_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input["favourite_colour"] = json!("blue");
+
+    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/favourite_colour"], "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_value_outside_the_form_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input["severity"] = json!("catastrophic");
+
+    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/severity"], "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_problem_and_nothing_is_stored() {
+    let app = spawn_app().await;
+
+    let response = app
+        .request(
+            Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(Role::Practitioner)),
+        )
+        .header(CONTENT_TYPE, "application/json")
+        .body(r#"{"tool": "harm-analysis", "input": {"#)
+        .send()
+        .await
+        .unwrap();
+
+    problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_a_415_problem_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
+
+    let response = app
+        .request(
+            Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(Role::Practitioner)),
+        )
+        .header(CONTENT_TYPE, "text/plain")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    problem(
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "/problems/unsupported-media-type",
+    )
+    .await;
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_is_a_413_problem_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input["child_view"] = json!("x".repeat(1024 * 1024 + 1));
+
+    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+
+    problem(
+        response,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "/problems/payload-too-large",
+    )
+    .await;
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn an_unknown_field_in_the_submit_body_is_a_400_naming_it() {
+    let app = spawn_app().await;
+    let body = json!({"tool": TOOL, "input": valid_input(TOOL), "urgent": true});
+
+    let response = app
+        .post_json("/v1/cases/case-1/decisions", Role::Practitioner, &body)
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    let named = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["path"] == "/urgent" || e["message"].as_str().unwrap().contains("urgent"));
+    assert!(named, "the problem does not name `urgent`: {body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_submit_body_without_the_tool_is_a_400_naming_it() {
+    let app = spawn_app().await;
+    let body = json!({"input": valid_input(TOOL)});
+
+    let response = app
+        .post_json("/v1/cases/case-1/decisions", Role::Practitioner, &body)
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/tool"], "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_submit_body_with_a_tool_that_is_not_a_string_is_a_400_naming_it() {
+    let app = spawn_app().await;
+    let body = json!({"tool": 5, "input": valid_input(TOOL)});
+
+    let response = app
+        .post_json("/v1/cases/case-1/decisions", Role::Practitioner, &body)
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/tool"], "{body}");
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_have_is_a_405_problem() {
+    let app = spawn_app().await;
+
+    let response = app
+        .request(
+            Method::DELETE,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(Role::Admin)),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(response.headers().contains_key(ALLOW), "no Allow header");
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "a 405 is not a problem document"
+    );
+}
+
+#[tokio::test]
+async fn a_case_id_with_a_space_is_a_400_naming_the_case_and_nothing_is_stored() {
+    let app = spawn_app().await;
+
+    let response = app
+        .submit("case%201", TOOL, &valid_input(TOOL), Role::Practitioner)
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["case"], "{body}");
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_case_id_with_a_space_is_a_400_when_read_too() {
+    let app = spawn_app().await;
+
+    for path in ["/v1/cases/case%201", "/v1/cases/case%201/decisions"] {
+        let response = app.get(path, Role::Auditor).await;
+
+        problem(
+            response,
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-request",
+        )
+        .await;
+    }
+}
