@@ -146,6 +146,11 @@ impl Tool {
         self.levels.iter().position(|l| l == level)
     }
 
+    /// Whether `input` is a valid form for this tool.
+    pub fn is_valid(&self, input: &Value) -> bool {
+        self.form.is_valid(input)
+    }
+
     /// Validates `input` against the form and, if it is valid, decides.
     pub fn evaluate(&self, input: &Value) -> Result<Outcome, EvalError> {
         // The boolean check allocates nothing; the full list is built only for an invalid form.

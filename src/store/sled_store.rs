@@ -768,8 +768,13 @@ fn sync_new_blobs(blobs: &Path, since: SystemTime) -> StoreResult<()> {
     for entry in entries.flatten() {
         let modified = entry.metadata().and_then(|m| m.modified());
         if modified.map_or(true, |m| m >= since) {
-            File::open(entry.path())?.sync_data()?;
-            any = true;
+            // sled deletes blobs it no longer needs from its own threads; one that is gone
+            // between the listing and the open holds nothing this batch needs.
+            match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                Ok(()) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     if any {

@@ -11,6 +11,12 @@ use crate::common::{problem, spawn_app, valid_input, TestApp, TOOL};
 const ANY: &[Role] = &Role::ALL;
 const WRITERS: &[Role] = &[Role::Practitioner, Role::Supervisor];
 const SUPERVISORS: &[Role] = &[Role::Supervisor];
+const ADMINS: &[Role] = &[Role::Admin];
+const AUDITORS: &[Role] = &[Role::Auditor];
+/// Those who may read tool versions.
+const VERSION_READERS: &[Role] = &[Role::Auditor, Role::Admin];
+/// Those who watch the caseload.
+const OVERSEERS: &[Role] = &[Role::Supervisor, Role::Auditor];
 
 /// One authenticated route, with a request an allowed caller gets `allowed` for.
 struct Route {
@@ -27,6 +33,7 @@ struct Route {
 async fn routes(app: &TestApp) -> Vec<Route> {
     let decision = app.decide("case-roles", TOOL).await;
     let id = decision["id"].as_str().unwrap();
+    let digest = decision["tool"]["digest"].as_str().unwrap();
     let input = valid_input(TOOL);
     let route = |method: Method, path: String, body: Option<Value>, roles, allowed| Route {
         method,
@@ -106,6 +113,62 @@ async fn routes(app: &TestApp) -> Vec<Route> {
             Some(json!({})),
             SUPERVISORS,
             StatusCode::PRECONDITION_REQUIRED,
+        ),
+        route(
+            Method::POST,
+            "/v1/admin/reload".into(),
+            None,
+            ADMINS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            format!("/v1/tools/{TOOL}/versions"),
+            None,
+            VERSION_READERS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            format!("/v1/tools/{TOOL}/versions/{digest}"),
+            None,
+            VERSION_READERS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            "/v1/audit/replay".into(),
+            Some(json!({"tool": TOOL, "against": {"kind": "recorded"}})),
+            AUDITORS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            "/v1/audit/decisions".into(),
+            None,
+            AUDITORS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            "/v1/audit/verify".into(),
+            None,
+            AUDITORS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            "/v1/audit/disparity".into(),
+            Some(json!({"tool": TOOL, "field": "/severity"})),
+            AUDITORS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::GET,
+            "/v1/dashboard".into(),
+            None,
+            OVERSEERS,
+            StatusCode::OK,
         ),
     ]
 }

@@ -3,6 +3,7 @@
 //! catalogs under `tests/fixtures/`; `cli` runs the real `safeguard` binary; the rest start the
 //! real server on 127.0.0.1:0 over a fresh sled directory (`common::spawn_app`) and talk HTTP.
 
+mod audit;
 mod auth;
 mod cases;
 mod cli;
@@ -11,6 +12,7 @@ mod decisions;
 mod durability;
 mod engine;
 mod http;
+mod plugins;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -34,6 +34,8 @@ pub struct TestApp {
     pub second_supervisor: String,
     /// Held so the folder outlives every server started on it, across restarts.
     data_dir: tempfile::TempDir,
+    /// The catalog root the service serves, and serves again after a restart.
+    tools_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -48,17 +50,19 @@ pub fn subject(role: Role) -> &'static str {
     }
 }
 
-fn config(data_dir: &Path) -> Config {
+/// The configuration of a test service: a free loopback port, the store in `data_dir` and the
+/// catalog under `tools_dir`.
+pub fn config(data_dir: &Path, tools_dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         data_dir: data_dir.to_owned(),
-        tools_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        tools_dir: tools_dir.to_owned(),
         ..Config::default()
     }
 }
 
-async fn build(data_dir: &Path) -> Server {
-    Server::build(&config(data_dir))
+async fn build(data_dir: &Path, tools_dir: &Path) -> Server {
+    Server::build(&config(data_dir, tools_dir))
         .await
         .unwrap_or_else(|e| panic!("the service starts: {e}"))
 }
@@ -78,8 +82,14 @@ fn launch(server: Server) -> Running {
 
 /// Starts the service on a free port with an empty store and a token for every role.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Path::new(env!("CARGO_MANIFEST_DIR"))).await
+}
+
+/// As [`spawn_app`], serving the catalog under `tools_dir` (e.g. a [`catalog_copy`] a test
+/// changes, then reloads).
+pub async fn spawn_app_with(tools_dir: &Path) -> TestApp {
     let data_dir = tempfile::tempdir().expect("a temporary data folder");
-    let server = build(data_dir.path()).await;
+    let server = build(data_dir.path(), tools_dir).await;
     let tokens = Role::ALL
         .into_iter()
         .map(|role| {
@@ -99,6 +109,7 @@ pub async fn spawn_app() -> TestApp {
         tokens,
         second_supervisor,
         data_dir,
+        tools_dir: tools_dir.to_owned(),
         shutdown: Some(shutdown),
         handle: Some(handle),
     }
@@ -117,13 +128,60 @@ impl TestApp {
                 .expect("the server task does not panic")
                 .expect("the server stops cleanly");
         }
-        let (address, shutdown, handle) = launch(build(self.data_dir.path()).await);
+        let (address, shutdown, handle) =
+            launch(build(self.data_dir.path(), &self.tools_dir).await);
         TestApp {
             address,
             shutdown: Some(shutdown),
             handle: Some(handle),
             ..self
         }
+    }
+
+    /// Stops the server gracefully and leaves it stopped, so a test can reach under the
+    /// service into its data folder; [`TestApp::restart`] starts it again.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("the server task does not panic")
+                .expect("the server stops cleanly");
+        }
+    }
+
+    /// The store's folder.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Asks the service to reload its catalog from disk, as the admin.
+    pub async fn reload(&self) -> Response {
+        self.post_json("/v1/admin/reload", Role::Admin, &json!({}))
+            .await
+    }
+
+    /// Dry-runs `input` through `tool` as the practitioner.
+    pub async fn evaluate(&self, tool: &str, input: &Value) -> Response {
+        let body = json!({"input": input});
+        self.post_json(
+            &format!("/v1/tools/{tool}/evaluate"),
+            Role::Practitioner,
+            &body,
+        )
+        .await
+    }
+
+    /// The summary of `tool` in `GET /v1/tools`.
+    pub async fn listed(&self, tool: &str) -> Value {
+        let response = self.get("/v1/tools", Role::Auditor).await;
+        array_of(response)
+            .await
+            .into_iter()
+            .find(|t| t["id"] == tool)
+            .unwrap_or_else(|| panic!("GET /v1/tools does not list {tool}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -244,6 +302,76 @@ impl TestApp {
     }
 }
 
+/// A fresh catalog root holding a copy of the repository's core catalog (`tool-schemas/`,
+/// `rules/`, and `tests/cases/` for `check`), and its `plugins/` too when `with_plugins`, so a
+/// test can add, change or break plugins and reload without touching the repository.
+pub fn catalog_copy(with_plugins: bool) -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("a temporary catalog folder");
+    let mut folders = vec!["tool-schemas", "rules", "tests/cases"];
+    if with_plugins {
+        folders.push("plugins");
+    }
+    for folder in folders {
+        copy_dir(&root.join(folder), &dir.path().join(folder));
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let path = entry.expect("a directory entry").path();
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap_or_else(|e| panic!("copy {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Writes the plugin `name` under `root/plugins/`: its manifest and `files` (paths relative to
+/// the plugin folder), replacing whatever was there.
+pub fn write_plugin(root: &Path, name: &str, manifest: &str, files: &[(&str, &str)]) -> PathBuf {
+    let folder = root.join("plugins").join(name);
+    if folder.exists() {
+        fs::remove_dir_all(&folder).expect("remove the old plugin");
+    }
+    fs::create_dir_all(&folder).expect("create the plugin folder");
+    fs::write(folder.join("plugin.toml"), manifest).expect("write the manifest");
+    for (path, text) in files {
+        let path = folder.join(path);
+        fs::create_dir_all(path.parent().expect("a parent folder")).expect("create a folder");
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    folder
+}
+
+/// The core cases of `tool` (`tests/cases/<tool>/`) that expect a level: forms the core tool
+/// accepts, with the level and score it gives them.
+pub fn core_cases(tool: &str) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    json_files(&root.join("tests/cases").join(tool))
+        .iter()
+        .map(|path| {
+            let text =
+                fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+        })
+        .filter(|case| case["expect"].get("level").is_some())
+        .collect()
+}
+
+/// The core case of `tool` that scores exactly `score`.
+pub fn core_case_scoring(tool: &str, score: u64) -> Value {
+    core_cases(tool)
+        .into_iter()
+        .find(|case| case["expect"]["score"] == score)
+        .unwrap_or_else(|| panic!("no core case of {tool} scores {score}"))
+}
+
 /// The `*.json` files in `dir`, in name order; none if it does not exist.
 fn json_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -313,7 +441,8 @@ pub async fn json_of(response: Response, status: StatusCode) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("the body is not JSON ({e}): {text}"))
 }
 
-async fn array_of(response: Response) -> Vec<Value> {
+/// The JSON array body of a 200 response.
+pub async fn array_of(response: Response) -> Vec<Value> {
     match json_of(response, StatusCode::OK).await {
         Value::Array(items) => items,
         other => panic!("expected a JSON array, got {other}"),

@@ -1,0 +1,696 @@
+//! Plugins end to end: each kind of override as a client sees it over HTTP, each broken plugin
+//! refused with its precise location (by the loader, by a reload, and by `serve`), and a reload
+//! that swaps the catalog under live traffic without failing a request or losing a version.
+//!
+//! Every test works on its own copy of the core catalog (`catalog_copy`) with a plugin of its
+//! own, so what it proves does not depend on the example agency the repository ships.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use safeguard::auth::Role;
+use safeguard::server::{Server, StartError};
+use safeguard::{check, Catalog};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use crate::common::{
+    array_of, catalog_copy, config, core_case_scoring, error_paths, json_of, problem,
+    spawn_app_with, write_plugin, TestApp, TOOL,
+};
+
+/// The name (and folder) of every plugin these tests write.
+const PLUGIN: &str = "test-agency";
+
+/// A manifest of [`PLUGIN`] with `body` after its header (overrides, tools).
+fn manifest(body: &str) -> String {
+    format!(
+        "name = \"{PLUGIN}\"\nversion = \"1.0.0\"\ndescription = \"A plugin the tests write\"\n\n{body}"
+    )
+}
+
+/// A manifest that moves harm-analysis's medium cut-point to `medium` and nothing else.
+fn medium_at(medium: u32) -> String {
+    manifest(&format!(
+        "[overrides.{TOOL}]\nparams = {{ cut_points = {{ medium = {medium} }} }}\n"
+    ))
+}
+
+/// A core catalog copy with a plugin that moves harm-analysis's medium cut-point to `medium`.
+fn recalibrated(medium: u32) -> tempfile::TempDir {
+    let root = catalog_copy(false);
+    write_plugin(root.path(), PLUGIN, &medium_at(medium), &[]);
+    root
+}
+
+/// The input of the core harm-analysis case that scores `score`.
+fn scoring(score: u64) -> Value {
+    core_case_scoring(TOOL, score)["input"].clone()
+}
+
+/// The evaluation of `input` by `tool`, which must succeed.
+async fn evaluation(app: &TestApp, tool: &str, input: &Value) -> Value {
+    json_of(app.evaluate(tool, input).await, StatusCode::OK).await
+}
+
+/// The reason codes of an evaluation or decision.
+fn reason_codes(outcome: &Value) -> Vec<&str> {
+    outcome["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .map(|r| r["code"].as_str().expect("a reason code"))
+        .collect()
+}
+
+/// The `required` list of the core harm-analysis schema, with `extra` added.
+fn core_required_and(extra: &str) -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tool-schemas/{TOOL}.json")),
+    )
+    .expect("the core schema");
+    let schema: Value = serde_json::from_str(&text).expect("the core schema is JSON");
+    let mut required = schema["required"]
+        .as_array()
+        .expect("a required list")
+        .clone();
+    required.push(json!(extra));
+    Value::Array(required)
+}
+
+/// A schema patch that adds the optional local question `local_ref` (a string).
+fn local_ref_patch() -> Value {
+    json!({
+        "properties": {
+            "local_ref": {
+                "type": "string",
+                "title": "Local reference",
+                "description": "The agency's own reference for the analysis."
+            }
+        }
+    })
+}
+
+/// A replacement script that runs the core rules and adds the 0-point reason `TP-CHECK` and the
+/// flag `local-check`.
+const ADDS_A_REASON: &str = r#"fn decide(form, params) {
+    import "harm-analysis" as core;
+    let out = core::decide(form, params);
+    out.reasons.push(#{code: "TP-CHECK", text: "The local check was done", points: 0});
+    out.flags.push("local-check");
+    out
+}
+"#;
+
+/// A local tool, `local-triage`: low below 6 points (2 a concern), high from 6.
+fn local_tool_files() -> [(&'static str, String); 2] {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Local triage",
+        "description": "A local tool the tests add.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["concerns"],
+        "properties": {
+            "concerns": {
+                "title": "How many separate concerns have been raised?",
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100
+            }
+        },
+        "x-tool": {
+            "id": "local-triage",
+            "version": "1.0.0",
+            "stage": 0,
+            "outcomes": [
+                {"level": "low", "label": "Low", "response": "Universal services"},
+                {"level": "high", "label": "High", "response": "Social work assessment"}
+            ],
+            "params": {"weight_per_concern": 2, "cut_points": {"high": 6}}
+        }
+    });
+    let rules = r#"fn decide(form, params) {
+    let points = form.concerns * params.weight_per_concern;
+    let reasons = [];
+    if points > 0 {
+        reasons.push(#{code: "LT-CONCERNS", points: points, text: `${form.concerns} concern(s)`});
+    }
+    let level = if points >= params.cut_points.high { "high" } else { "low" };
+    #{level: level, score: points, reasons: reasons, flags: [],
+      recommendation: "Follow the local triage guidance.",
+      explanation: "We have looked at what you told us."}
+}
+"#;
+    [
+        (
+            "tool-schemas/local-triage.json",
+            serde_json::to_string_pretty(&schema).unwrap(),
+        ),
+        ("rules/local-triage.rhai", rules.to_owned()),
+    ]
+}
+
+// Each kind of override, over HTTP.
+
+#[tokio::test]
+async fn a_params_override_lowers_the_level_of_a_form_at_the_core_cut_point() {
+    let core = catalog_copy(false);
+    let local = recalibrated(7);
+    let core_app = spawn_app_with(core.path()).await;
+    let local_app = spawn_app_with(local.path()).await;
+
+    let at_core_cut = scoring(6);
+    let core_outcome = evaluation(&core_app, TOOL, &at_core_cut).await;
+    let local_outcome = evaluation(&local_app, TOOL, &at_core_cut).await;
+    let at_local_cut = evaluation(&local_app, TOOL, &scoring(7)).await;
+
+    assert_eq!(
+        (&core_outcome["level"], &core_outcome["score"]),
+        (&json!("medium"), &json!(6))
+    );
+    assert_eq!(
+        (&local_outcome["level"], &local_outcome["score"]),
+        (&json!("low"), &json!(6))
+    );
+    assert_eq!(at_local_cut["level"], "medium");
+}
+
+#[tokio::test]
+async fn a_schema_patch_makes_a_new_local_field_accepted() {
+    let core = catalog_copy(false);
+    let local = catalog_copy(false);
+    write_plugin(
+        local.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{TOOL}]\nschema_patch = \"patches/{TOOL}.json\"\n"
+        )),
+        &[(
+            &format!("patches/{TOOL}.json"),
+            &local_ref_patch().to_string(),
+        )],
+    );
+    let core_app = spawn_app_with(core.path()).await;
+    let local_app = spawn_app_with(local.path()).await;
+    let mut input = scoring(6);
+    input["local_ref"] = json!("EA-2026-0042");
+
+    let accepted = evaluation(&local_app, TOOL, &input).await;
+    let refused = core_app.evaluate(TOOL, &input).await;
+
+    assert_eq!(accepted["level"], "medium");
+    let body = problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/local_ref"], "{body}");
+}
+
+#[tokio::test]
+async fn a_schema_patch_that_requires_a_local_field_refuses_a_form_without_it_naming_it() {
+    let root = catalog_copy(false);
+    let mut patch = local_ref_patch();
+    patch["required"] = core_required_and("local_ref");
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{TOOL}]\nschema_patch = \"patches/{TOOL}.json\"\n"
+        )),
+        &[(&format!("patches/{TOOL}.json"), &patch.to_string())],
+    );
+    let app = spawn_app_with(root.path()).await;
+
+    let response = app.evaluate(TOOL, &scoring(6)).await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/local_ref"], "{body}");
+}
+
+#[tokio::test]
+async fn a_replacement_script_importing_the_core_adds_its_reason_and_flag_to_the_core_outcome() {
+    let core = catalog_copy(false);
+    let local = catalog_copy(false);
+    write_plugin(
+        local.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
+        )),
+        &[(&format!("overrides/{TOOL}.rhai"), ADDS_A_REASON)],
+    );
+    let core_app = spawn_app_with(core.path()).await;
+    let local_app = spawn_app_with(local.path()).await;
+    let input = scoring(7);
+
+    let core_outcome = evaluation(&core_app, TOOL, &input).await;
+    let local_outcome = evaluation(&local_app, TOOL, &input).await;
+
+    assert_eq!(local_outcome["level"], core_outcome["level"]);
+    assert_eq!(local_outcome["score"], core_outcome["score"]);
+    let mut expected_reasons = reason_codes(&core_outcome);
+    expected_reasons.push("TP-CHECK");
+    assert_eq!(reason_codes(&local_outcome), expected_reasons);
+    let mut expected_flags = core_outcome["flags"].as_array().unwrap().clone();
+    expected_flags.push(json!("local-check"));
+    assert_eq!(local_outcome["flags"], Value::Array(expected_flags));
+}
+
+#[tokio::test]
+async fn a_plugin_tool_is_listed_with_its_plugin_as_source_and_decides() {
+    let root = catalog_copy(false);
+    let [schema, rules] = local_tool_files();
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest("tools = [\"local-triage\"]\n"),
+        &[(schema.0, &schema.1), (rules.0, &rules.1)],
+    );
+    let app = spawn_app_with(root.path()).await;
+
+    let listed = app.listed("local-triage").await;
+    let outcome = evaluation(&app, "local-triage", &json!({"concerns": 3})).await;
+
+    assert_eq!(listed["source"], format!("plugin:{PLUGIN}"), "{listed}");
+    assert_eq!(outcome["level"], "high", "{outcome}");
+    assert_eq!(outcome["score"], 6, "{outcome}");
+    assert_eq!(outcome["tool"]["digest"], listed["digest"], "{outcome}");
+}
+
+#[tokio::test]
+async fn an_overridden_tool_is_listed_with_its_plugin_as_source_and_the_others_as_core() {
+    let root = recalibrated(7);
+    let app = spawn_app_with(root.path()).await;
+
+    let tools = array_of(app.get("/v1/tools", Role::Practitioner).await).await;
+
+    for tool in &tools {
+        let expected = if tool["id"] == TOOL {
+            format!("plugin:{PLUGIN}")
+        } else {
+            "core".to_owned()
+        };
+        assert_eq!(tool["source"], expected.as_str(), "{tool}");
+    }
+    assert!(tools.iter().any(|t| t["id"] == TOOL));
+}
+
+// Broken plugins: the loader, a reload and `serve` each refuse them, precisely located.
+
+/// Where a load problem must be reported.
+enum At {
+    /// The problem concerns the whole file: no line is claimed.
+    File,
+    Position(usize, usize),
+}
+
+/// Serves a catalog copy with a working plugin (medium at 7), then replaces the plugin with
+/// `manifest` and `files` and asserts that:
+/// - `Catalog::load` fails with exactly one problem, in `file` (relative to the plugin folder),
+///   at `at`, whose message contains `phrase`;
+/// - a reload is a 422 `/problems/catalog-invalid` whose one error has that location as its
+///   `path` and that message;
+/// - the old catalog keeps serving: same digest, same decision.
+async fn check_broken_plugin(
+    manifest: &str,
+    files: &[(&str, &str)],
+    file: &str,
+    at: At,
+    phrase: &str,
+) {
+    let root = recalibrated(7);
+    let app = spawn_app_with(root.path()).await;
+    let served = app.listed(TOOL).await;
+    let folder = write_plugin(root.path(), PLUGIN, manifest, files);
+
+    let errors = Catalog::load(root.path()).expect_err("a broken plugin must not load");
+    let response = app.reload().await;
+
+    let [error] = errors.as_slice() else {
+        panic!("expected exactly one problem, got {errors:#?}");
+    };
+    assert_eq!(error.file, folder.join(file), "{error}");
+    match at {
+        At::File => assert_eq!(error.line, None, "{error}"),
+        At::Position(line, column) => assert_eq!(
+            (error.line, error.column),
+            (Some(line), Some(column)),
+            "{error}"
+        ),
+    }
+    assert!(
+        error.message.contains(phrase),
+        "expected {phrase:?} in {error}"
+    );
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/catalog-invalid",
+    )
+    .await;
+    assert_eq!(error_paths(&body), [error.location()], "{body}");
+    assert_eq!(body["errors"][0]["message"], error.message.as_str());
+    assert_eq!(app.listed(TOOL).await["digest"], served["digest"]);
+    let outcome = evaluation(&app, TOOL, &scoring(6)).await;
+    assert_eq!(
+        outcome["level"], "low",
+        "the recalibrated tool still serves"
+    );
+    assert_eq!(outcome["tool"]["digest"], served["digest"]);
+}
+
+#[tokio::test]
+async fn a_manifest_that_is_not_toml_is_refused_at_its_line_and_column() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nparams = {{ cut_points = {{ medium = }} }}\n"
+    ));
+
+    check_broken_plugin(
+        &broken,
+        &[],
+        "plugin.toml",
+        At::Position(6, 36),
+        "invalid string",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_schema_patch_that_is_not_json_is_refused_at_its_line_and_column() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nschema_patch = \"patches/{TOOL}.json\"\n"
+    ));
+    // A comma is missing after the first property.
+    let patch = "{\n  \"properties\": {\n    \"local_ref\": {\"type\": \"string\"}\n    \"other\": {\"type\": \"string\"}\n  }\n}\n";
+
+    check_broken_plugin(
+        &broken,
+        &[(&format!("patches/{TOOL}.json"), patch)],
+        &format!("patches/{TOOL}.json"),
+        At::Position(4, 5),
+        "not valid JSON: expected `,` or `}`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_schema_patch_that_touches_x_tool_is_refused() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nschema_patch = \"patches/{TOOL}.json\"\n"
+    ));
+    let patch = json!({"x-tool": {"stage": 3}}).to_string();
+
+    check_broken_plugin(
+        &broken,
+        &[(&format!("patches/{TOOL}.json"), &patch)],
+        &format!("patches/{TOOL}.json"),
+        At::File,
+        "the schema patch changes `x-tool`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replacement_script_with_a_syntax_error_is_refused_at_its_line_and_column() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
+    ));
+    let script = "fn decide(form, params) {\n    import \"harm-analysis\" as core;\n    let out = ;\n    out\n}\n";
+
+    check_broken_plugin(
+        &broken,
+        &[(&format!("overrides/{TOOL}.rhai"), script)],
+        &format!("overrides/{TOOL}.rhai"),
+        At::Position(3, 15),
+        "Unexpected ';'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_params_override_with_an_unknown_key_is_refused_naming_the_key() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nparams = {{ cut_points = {{ meduim = 7 }} }}\n"
+    ));
+
+    check_broken_plugin(
+        &broken,
+        &[],
+        "plugin.toml",
+        At::File,
+        "`params.cut_points.meduim`: harm-analysis has no param \"meduim\"",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replacement_script_importing_a_missing_module_is_refused_naming_it_at_its_line() {
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
+    ));
+    let script = "fn decide(form, params) {\n    import \"no-such-tool\" as core;\n    core::decide(form, params)\n}\n";
+
+    check_broken_plugin(
+        &broken,
+        &[(&format!("overrides/{TOOL}.rhai"), script)],
+        &format!("overrides/{TOOL}.rhai"),
+        At::Position(2, 5),
+        "imports \"no-such-tool\", which is not a core tool",
+    )
+    .await;
+}
+
+/// A plugin whose replacement script returns the level `urgent`, which harm-analysis does not
+/// declare, with a plugin case that expects `medium`.
+fn undeclared_level_plugin() -> tempfile::TempDir {
+    let root = catalog_copy(false);
+    let script = "fn decide(form, params) {\n    import \"harm-analysis\" as core;\n    let out = core::decide(form, params);\n    out.level = \"urgent\";\n    out\n}\n";
+    let case = json!({
+        "name": "a form the core decides at medium",
+        "input": scoring(7),
+        "expect": {"level": "medium"}
+    });
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
+        )),
+        &[
+            (&format!("overrides/{TOOL}.rhai"), script),
+            (&format!("cases/{TOOL}/core-medium.json"), &case.to_string()),
+        ],
+    );
+    root
+}
+
+#[tokio::test]
+async fn a_replacement_script_returning_an_undeclared_level_loads_but_its_evaluation_is_a_500() {
+    let root = undeclared_level_plugin();
+    let catalog = Catalog::load(root.path());
+    let app = spawn_app_with(root.path()).await;
+
+    let response = app.evaluate(TOOL, &scoring(7)).await;
+
+    assert!(catalog.is_ok(), "the catalog loads: {:?}", catalog.err());
+    let body = problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "/problems/tool-error",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains("urgent"),
+        "a 5xx says nothing internal: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_replacement_script_returning_an_undeclared_level_stores_nothing() {
+    let root = undeclared_level_plugin();
+    let app = spawn_app_with(root.path()).await;
+
+    let response = app
+        .submit("case-1", TOOL, &scoring(7), Role::Practitioner)
+        .await;
+
+    problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "/problems/tool-error",
+    )
+    .await;
+    assert!(app.case_decisions("case-1").await.is_empty());
+    let verified = json_of(
+        app.get("/v1/audit/verify", Role::Auditor).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(verified["revisions"], 0, "{verified}");
+    assert_eq!(verified["head"]["seq"], 0, "{verified}");
+}
+
+#[test]
+fn a_replacement_script_returning_an_undeclared_level_fails_its_plugin_cases_in_check() {
+    let root = undeclared_level_plugin();
+
+    let report = check::run(root.path(), Some(TOOL));
+
+    assert!(!report.passed(), "{report}");
+    assert!(report.load_errors.is_empty(), "{report}");
+    let served = report
+        .tool_from(TOOL, &format!("plugin:{PLUGIN}"))
+        .expect("the plugin's version is reported");
+    assert_eq!(served.failed(), 1, "{report}");
+    let failures = served.cases[0].failures.join("; ");
+    assert!(failures.contains("urgent"), "{failures}");
+    let core = report.tool(TOOL).expect("the core version is reported");
+    assert!(core.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_with_a_broken_plugin() {
+    let root = catalog_copy(false);
+    let folder = write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{TOOL}]\nparams = {{ cut_points = {{ meduim = 7 }} }}\n"
+        )),
+        &[],
+    );
+    let data = tempfile::tempdir().unwrap();
+
+    let started = Server::build(&config(data.path(), root.path())).await;
+
+    match started {
+        Err(StartError::Catalog(errors)) => {
+            let [error] = errors.as_slice() else {
+                panic!("expected exactly one problem, got {errors:#?}");
+            };
+            assert_eq!(error.file, folder.join("plugin.toml"), "{error}");
+            assert!(
+                error.message.contains("`params.cut_points.meduim`"),
+                "{error}"
+            );
+        }
+        Err(other) => panic!("expected a catalog error, got {other}"),
+        Ok(_) => panic!("the service started with a broken plugin"),
+    }
+}
+
+// Reloading.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_under_concurrent_evaluate_traffic_fails_no_request() {
+    let root = recalibrated(7);
+    let app = Arc::new(spawn_app_with(root.path()).await);
+    let input = scoring(7);
+    // Traffic runs for at least 2 s and until the last reload has answered, so every reload
+    // happens under load.
+    let reloading = Arc::new(AtomicBool::new(true));
+    let until = Instant::now() + Duration::from_secs(2);
+
+    let mut traffic = JoinSet::new();
+    for _ in 0..8 {
+        let app = Arc::clone(&app);
+        let input = input.clone();
+        let reloading = Arc::clone(&reloading);
+        traffic.spawn(async move {
+            let mut answers = Vec::new();
+            while reloading.load(Ordering::SeqCst) || Instant::now() < until {
+                let response = app.evaluate(TOOL, &input).await;
+                let status = response.status();
+                let body = response.text().await.expect("a body");
+                answers.push((status, body));
+            }
+            answers
+        });
+    }
+    for medium in [8, 7, 8, 7, 8] {
+        write_plugin(root.path(), PLUGIN, &medium_at(medium), &[]);
+        let reloaded = json_of(app.reload().await, StatusCode::OK).await;
+        assert_eq!(reloaded["changed"], json!([TOOL]), "{reloaded}");
+    }
+    reloading.store(false, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    while let Some(done) = traffic.join_next().await {
+        answers.extend(done.expect("a traffic task does not panic"));
+    }
+
+    let levels: BTreeSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            let outcome: Value = serde_json::from_str(body).expect("a JSON body");
+            outcome["level"].as_str().expect("a level").to_owned()
+        })
+        .collect();
+    assert!(answers.len() >= 8, "only {} requests", answers.len());
+    assert!(
+        levels.is_subset(&BTreeSet::from(["low".into(), "medium".into()])),
+        "{levels:?}"
+    );
+}
+
+#[tokio::test]
+async fn decisions_before_and_after_a_reload_name_different_digests_and_both_versions_are_kept() {
+    let root = recalibrated(7);
+    let app = spawn_app_with(root.path()).await;
+    let input = scoring(7);
+    let before = json_of(
+        app.submit("case-1", TOOL, &input, Role::Practitioner).await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    write_plugin(root.path(), PLUGIN, &medium_at(8), &[]);
+    let reloaded = json_of(app.reload().await, StatusCode::OK).await;
+    let after = json_of(
+        app.submit("case-1", TOOL, &input, Role::Practitioner).await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    assert_eq!(reloaded["changed"], json!([TOOL]), "{reloaded}");
+    assert_eq!(
+        (&before["level"], &after["level"]),
+        (&json!("medium"), &json!("low"))
+    );
+    let (old, new) = (&before["tool"]["digest"], &after["tool"]["digest"]);
+    assert_ne!(old, new);
+    let versions = array_of(
+        app.get(&format!("/v1/tools/{TOOL}/versions"), Role::Auditor)
+            .await,
+    )
+    .await;
+    let digests: Vec<&Value> = versions.iter().map(|v| &v["digest"]).collect();
+    assert_eq!(digests, [old, new], "{versions:#?}");
+    for (digest, medium) in [(old, 7), (new, 8)] {
+        let path = format!("/v1/tools/{TOOL}/versions/{}", digest.as_str().unwrap());
+        let version = json_of(app.get(&path, Role::Auditor).await, StatusCode::OK).await;
+        assert_eq!(&version["digest"], digest);
+        assert_eq!(version["decisions"], 1, "{version}");
+        assert_eq!(
+            version["snapshot"]["params"]["cut_points"]["medium"], medium,
+            "{version}"
+        );
+        assert_eq!(
+            version["snapshot"]["plugins"][0]["plugin"], PLUGIN,
+            "{version}"
+        );
+    }
+}
