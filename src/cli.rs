@@ -57,6 +57,16 @@ enum Command {
     },
     /// Walk the whole hash chain and report the first break; exits non-zero if there is one.
     Verify,
+    /// Fill the store with generated decisions so people can try the product (run while the
+    /// service is stopped).
+    DemoData {
+        /// How many decisions.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// The generator's seed: the same seed and catalog give the same forms.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Manage API tokens (run while the service is stopped: the store is locked while it runs).
     Token {
         #[command(subcommand)]
@@ -166,6 +176,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay(cli.config, args),
         Command::Export { filter, out } => export(cli.config, filter, out),
         Command::Verify => return verify(cli.config),
+        Command::DemoData { count, seed } => demo_data(cli.config, count, seed),
         Command::Token {
             command: TokenCommand::Create { role, subject },
         } => token_create(cli.config, role, &subject),
@@ -340,6 +351,44 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
     sink.flush()?;
     bar.finish_and_clear();
     eprintln!("exported {} revision(s)", bar.position());
+    Ok(())
+}
+
+fn demo_data(file: Option<PathBuf>, count: u64, seed: u64) -> anyhow::Result<()> {
+    let config = load_config(file)?;
+    let catalog = crate::catalog::Catalog::load(&config.tools_dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "the catalog has problems:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(open_store(&config)?);
+    let decisions = std::sync::Arc::new(crate::decisions::Decisions::new(catalog, store)?);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let bar = counter("generating", Some(count));
+    let progress_bar = bar.clone();
+    let started = std::time::Instant::now();
+    let filled = runtime.block_on(crate::demo::fill(
+        decisions.clone(),
+        count,
+        seed,
+        move |n| progress_bar.set_position(n),
+    ))?;
+    bar.finish_and_clear();
+    // Dropping the last handle closes the store: its writer commits what is queued and stops.
+    drop(decisions);
+    println!(
+        "{} decision(s), {} override(s), {} approval(s) in {:.1}s; {} form(s) skipped",
+        filled.decisions,
+        filled.overrides,
+        filled.approvals,
+        started.elapsed().as_secs_f64(),
+        filled.skipped
+    );
     Ok(())
 }
 

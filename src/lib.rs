@@ -22,6 +22,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decisions;
+pub mod demo;
 pub mod forms;
 pub mod plain;
 pub mod rules;
