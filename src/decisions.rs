@@ -342,7 +342,7 @@ fn carry_over(latest: Revision) -> Draft {
         override_: latest.override_,
         actor: latest.actor,
         // The version is already stored: its first decision stored it.
-        snapshot: Value::Null,
+        snapshot: Arc::new(Value::Null),
     }
 }
 

@@ -418,12 +418,13 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         .and_then(Value::as_str)
         .unwrap_or(&meta.id)
         .to_owned();
-    let digest = digest(&digest::snapshot(
+    let snapshot = Arc::new(digest::snapshot(
         &schema,
         &rules_source,
         &meta.params,
         &plugin_chain,
     ));
+    let digest = digest(&snapshot);
     Ok(Tool {
         params: Sandbox::to_dynamic(&meta.params),
         levels: meta.outcomes.iter().map(|o| o.level.clone()).collect(),
@@ -438,6 +439,7 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         form,
         script,
         sandbox: Arc::clone(sandbox),
+        snapshot,
         imports,
         meta,
     })

@@ -127,6 +127,8 @@ pub struct Tool {
     pub(crate) params: Dynamic,
     pub(crate) levels: Vec<String>,
     pub(crate) sandbox: Arc<Sandbox>,
+    /// See [`Tool::snapshot`].
+    pub(crate) snapshot: Arc<Value>,
     /// Sources of the core scripts the rules import, by import path.
     pub(crate) imports: std::collections::BTreeMap<String, String>,
 }
@@ -162,13 +164,9 @@ impl Tool {
     }
 
     /// Everything needed to re-run this exact version later: what the digest is computed over.
-    pub fn snapshot(&self) -> Value {
-        super::digest::snapshot(
-            &self.schema,
-            &self.rules_source,
-            &self.meta.params,
-            &self.plugin_chain,
-        )
+    /// Built once, when the tool is built, and shared by every decision that stores it.
+    pub fn snapshot(&self) -> Arc<Value> {
+        Arc::clone(&self.snapshot)
     }
 
     /// The content this tool was built from, to build a changed version of it.

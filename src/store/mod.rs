@@ -87,7 +87,9 @@ pub struct Revision {
     /// RFC 3339, UTC, set by the writer so journal order and time order agree.
     pub recorded_at: String,
     pub prev_hash: String,
-    /// SHA-256 over the canonical JSON of every other field.
+    /// SHA-256 over the canonical JSON of every other field. Empty (and left out of the JSON)
+    /// only while the writer computes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
 }
 
@@ -114,7 +116,8 @@ pub struct Draft {
     pub override_: Option<Override>,
     pub actor: Actor,
     /// The tool version's snapshot, stored under its digest if this is its first decision.
-    pub snapshot: Value,
+    /// Shared: the tool built it once.
+    pub snapshot: std::sync::Arc<Value>,
 }
 
 /// How an append relates to what is already stored.

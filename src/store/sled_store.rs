@@ -638,7 +638,7 @@ impl Writer {
         if !self.known_snapshots.contains(digest) && overlay.snapshots.insert(digest.clone()) {
             batch.insert(
                 [b"s".as_slice(), digest.as_bytes()].concat(),
-                encode(&draft.snapshot),
+                encode(&*draft.snapshot),
             );
         }
         if let Precondition::New {
