@@ -224,6 +224,20 @@ fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Res
     Ok(())
 }
 
+/// The catalog `config` names, or every problem it has.
+fn load_catalog(config: &Config) -> anyhow::Result<crate::catalog::Catalog> {
+    crate::catalog::Catalog::load(&config.tools_dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "the catalog has problems:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
 fn open_store(config: &Config) -> anyhow::Result<SledStore> {
     SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
         format!(
@@ -252,16 +266,7 @@ fn counter(message: &'static str, total: Option<u64>) -> indicatif::ProgressBar 
 fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
     use crate::audit::replay::{self, ReplayRequest, Target};
     let config = load_config(file)?;
-    let catalog = crate::catalog::Catalog::load(&config.tools_dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "the catalog has problems:\n{}",
-            errors
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let catalog = load_catalog(&config)?;
     let store = open_store(&config)?;
     let read_json = |path: &PathBuf| -> anyhow::Result<serde_json::Value> {
         let text = std::fs::read_to_string(path)
@@ -356,16 +361,7 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
 
 fn demo_data(file: Option<PathBuf>, count: u64, seed: u64) -> anyhow::Result<()> {
     let config = load_config(file)?;
-    let catalog = crate::catalog::Catalog::load(&config.tools_dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "the catalog has problems:\n{}",
-            errors
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let catalog = load_catalog(&config)?;
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(open_store(&config)?);
     let decisions = std::sync::Arc::new(crate::decisions::Decisions::new(catalog, store)?);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
