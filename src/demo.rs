@@ -1808,6 +1808,15 @@ pub struct Filled {
     pub skipped: u64,
 }
 
+impl Filled {
+    /// Counts what one generated decision made: `(decisions, overrides, approvals)`.
+    fn tally(&mut self, (decisions, overrides, approvals): (u64, u64, u64)) {
+        self.decisions += decisions;
+        self.overrides += overrides;
+        self.approvals += approvals;
+    }
+}
+
 /// Fills the store behind `decisions` with `count` decisions drawn with a seeded generator from
 /// every tool the catalog serves: four decisions a case, about one in twenty overridden by a
 /// practitioner with a reason, and half of those approved by a supervisor, so the dashboard,
@@ -1904,12 +1913,10 @@ pub async fn fill(
             }
             Ok::<_, crate::decisions::DecisionError>(made)
         });
+        // At most 512 in flight: enough to fill every batch, bounded in memory.
         while tasks.len() >= 512 {
             if let Some(result) = tasks.join_next().await {
-                let (d, o, a) = result.expect("demo tasks do not panic")?;
-                filled.decisions += d;
-                filled.overrides += o;
-                filled.approvals += a;
+                filled.tally(result.expect("demo tasks do not panic")?);
                 done += 1;
                 if done % 1000 == 0 {
                     progress(done);
@@ -1918,10 +1925,7 @@ pub async fn fill(
         }
     }
     while let Some(result) = tasks.join_next().await {
-        let (d, o, a) = result.expect("demo tasks do not panic")?;
-        filled.decisions += d;
-        filled.overrides += o;
-        filled.approvals += a;
+        filled.tally(result.expect("demo tasks do not panic")?);
         done += 1;
     }
     progress(done);
