@@ -1,10 +1,11 @@
 //! Export: every revision that matches a filter, as JSON Lines, in journal order, each line the
-//! revision exactly as stored (hash included), so an export can be verified on its own.
+//! revision as stored with its hash, so an export can be verified on its own (the hash is over
+//! the revision's RFC 8785 canonical JSON without `hash`).
 //! Streams: memory does not grow with the store.
 
 use serde::Deserialize;
 
-use crate::store::{decode_revision, Store, StoreResult};
+use crate::store::{Entry, Store, StoreResult};
 
 /// Which revisions to export. Every field is optional; times are RFC 3339 and compare with
 /// `recorded_at` (`from` inclusive, `to` exclusive).
@@ -82,13 +83,14 @@ pub fn lines<'a>(
 ) -> impl Iterator<Item = StoreResult<Vec<u8>>> + 'a {
     store.journal_raw(1).filter_map(move |entry| {
         let result = (|| {
-            let (_, mut bytes) = entry?;
-            let revision = decode_revision(&bytes)?;
-            if !filter.matches(&revision) {
+            let (_, bytes) = entry?;
+            let entry = Entry::split(&bytes)?;
+            if !filter.matches(&entry.decode()?) {
                 return Ok(None);
             }
-            bytes.push(b'\n');
-            Ok(Some(bytes))
+            let mut line = entry.to_json_with_hash();
+            line.push(b'\n');
+            Ok(Some(line))
         })();
         result.transpose()
     })

@@ -8,10 +8,8 @@
 
 use std::sync::mpsc;
 
+use crate::store::{sha256, Entry, Head, Link, Store, StoreError, GENESIS_HASH};
 use serde::Serialize;
-use serde_json::Value;
-
-use crate::store::{Head, Store, StoreError, GENESIS_HASH};
 
 /// The result of a verification.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -165,19 +163,19 @@ pub fn verify(
 
 fn check_entry(seq: u64, bytes: &[u8]) -> Checked {
     let result = (|| {
-        let mut value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the stored revision is not valid JSON ({e})"))?;
-        let field = |v: &Value, name: &str| v.get(name).and_then(Value::as_str).map(str::to_owned);
-        let stored = field(&value, "hash").ok_or("the stored revision has no hash")?;
-        let prev = field(&value, "prev_hash").ok_or("the stored revision has no prev_hash")?;
-        if value.get("seq").and_then(Value::as_u64) != Some(seq) {
+        let entry = Entry::split(bytes).map_err(|e| e.to_string())?;
+        let link = Link::read(entry.canonical)?;
+        if link.seq != seq {
             return Err(format!(
                 "the revision stored at {seq} says it is revision {}",
-                value.get("seq").unwrap_or(&Value::Null)
+                link.seq
             ));
         }
-        let recomputed = crate::store::hash_value_without_hash(&mut value);
-        Ok((stored, prev, recomputed))
+        Ok((
+            entry.hash.to_owned(),
+            link.prev_hash,
+            sha256(entry.canonical),
+        ))
     })();
     Checked { seq, result }
 }

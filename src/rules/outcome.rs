@@ -141,11 +141,17 @@ fn required_string(map: &mut Map, key: &str, breaches: &mut Vec<String>) -> Opti
     }
 }
 
+/// A script's number as JSON: whole numbers as integers whether the script made an `INT` or a
+/// `FLOAT`, so an outcome compares equal to itself read back from the store's canonical JSON.
 fn number(d: &Dynamic) -> Option<Number> {
     if let Ok(i) = d.as_int() {
         return Some(Number::from(i));
     }
-    d.as_float().ok().and_then(Number::from_f64)
+    let f = d.as_float().ok()?;
+    match super::convert::whole(f) {
+        Some(i) => Some(Number::from(i)),
+        None => Number::from_f64(f),
+    }
 }
 
 /// Integers add exactly; once a float is involved, to within rounding.
@@ -306,5 +312,15 @@ mod tests {
     fn a_non_map_result_is_a_breach() {
         let err = check(json!(5)).unwrap_err();
         assert!(err[0].contains("must return a map"));
+    }
+
+    #[test]
+    fn a_whole_float_is_an_integer_and_compares_equal_after_a_canonical_round_trip() {
+        let n = number(&Dynamic::from_float(3.0)).unwrap();
+        assert_eq!(n, Number::from(3));
+        let back: Number =
+            serde_json::from_slice(&serde_json_canonicalizer::to_vec(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+        assert_eq!(number(&Dynamic::from_float(2.5)), Number::from_f64(2.5));
     }
 }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use chain::{hash_value_without_hash, revision_hash, GENESIS_HASH};
+pub use chain::{hash_value_without_hash, revision_hash, sha256, Entry, Link, GENESIS_HASH};
 pub use sled_store::{Durability, SledStore, StoreOptions};
 
 use crate::auth::{Role, TokenRecord};
@@ -208,9 +208,9 @@ pub struct VersionInfo {
     pub decisions: u64,
 }
 
-/// Decodes a stored revision.
+/// Decodes a stored journal entry (see [`Entry`]) into its revision.
 pub fn decode_revision(bytes: &[u8]) -> StoreResult<Revision> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    Entry::split(bytes)?.decode()
 }
 
 /// The decision store.
@@ -229,8 +229,9 @@ pub trait Store: Send + Sync + 'static {
     fn head(&self) -> StoreResult<Head>;
     /// Every revision with `seq >= from`, in journal order, read lazily.
     fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send>;
-    /// The stored bytes of every revision with `seq >= from`, in journal order: what `verify`
-    /// hashes, so nothing is lost to a round trip through the revision type.
+    /// The stored entries of every revision with `seq >= from`, in journal order: what `verify`
+    /// hashes, so nothing is lost to a round trip through the revision type. Read them with
+    /// [`Entry::split`].
     fn journal_raw(
         &self,
         from: u64,

@@ -9,7 +9,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` seq | the revision (JSON) |
+//! | `j` seq | the revision: its hash, a newline, its canonical JSON (see `chain`) |
 //! | `d` decision 0 revision | seq |
 //! | `c` case 0 first-seq | decision id |
 //! | `t` tool 0 seq | decision id |
@@ -50,10 +50,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::chain::{revision_hash, GENESIS_HASH};
+use super::chain::{encode_entry, Placement, Prepared, GENESIS_HASH};
 use super::{
-    AppendFuture, Appended, Draft, Head, Precondition, Revision, RevisionKind, Store, StoreError,
-    StoreResult,
+    decode_revision, AppendFuture, Appended, Draft, Head, Precondition, Revision, RevisionKind,
+    Store, StoreError, StoreResult,
 };
 use crate::auth::TokenRecord;
 
@@ -98,6 +98,8 @@ pub struct SledStore {
 
 struct Command {
     draft: Draft,
+    /// The draft's canonical bytes, made by the request's task so the writer only splices.
+    prepared: Prepared,
     precondition: Precondition,
     reply: oneshot::Sender<StoreResult<Appended>>,
 }
@@ -160,7 +162,7 @@ impl SledStore {
                 "index names journal entry {seq:?}, which is missing"
             ))
         })?;
-        decode(&bytes)
+        decode_revision(&bytes)
     }
 }
 
@@ -181,8 +183,10 @@ impl Store for SledStore {
         let tx = self.tx.clone();
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
+            let prepared = Prepared::of(&draft);
             tx.send(Command {
                 draft,
+                prepared,
                 precondition,
                 reply,
             })
@@ -240,7 +244,7 @@ impl Store for SledStore {
             .db
             .range(start.to_vec()..b"k".to_vec())
             .values()
-            .map(|v| decode(&v?));
+            .map(|v| decode_revision(&v?));
         Box::new(iter)
     }
 
@@ -506,7 +510,13 @@ impl Writer {
         let mut answers = Vec::with_capacity(commands.len());
         let mut wrote = 0usize;
         for c in commands {
-            let result = self.prepare(c.draft, c.precondition, &mut batch, &mut overlay);
+            let result = self.prepare(
+                c.draft,
+                &c.prepared,
+                c.precondition,
+                &mut batch,
+                &mut overlay,
+            );
             if matches!(&result, Ok(a) if !a.replayed) {
                 wrote += 1;
             }
@@ -544,6 +554,7 @@ impl Writer {
     fn prepare(
         &mut self,
         draft: Draft,
+        prepared: &Prepared,
         precondition: Precondition,
         batch: &mut sled::Batch,
         overlay: &mut Overlay,
@@ -586,7 +597,13 @@ impl Writer {
         let recorded_at = chrono::DateTime::from_timestamp_millis(millis)
             .unwrap_or(now)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut revision = Revision {
+        let (canonical, hash) = prepared.seal(Placement {
+            prev_hash: &self.head.hash,
+            recorded_at: &recorded_at,
+            revision: revision_number,
+            seq,
+        });
+        let revision = Revision {
             seq,
             decision_id: draft.decision_id,
             revision: revision_number,
@@ -599,12 +616,14 @@ impl Writer {
             actor: draft.actor,
             recorded_at,
             prev_hash: self.head.hash.clone(),
-            hash: String::new(),
+            hash,
         };
-        revision.hash = revision_hash(&revision);
 
         let seq_bytes = seq.to_be_bytes();
-        batch.insert(journal_key(seq).as_slice(), encode(&revision));
+        batch.insert(
+            journal_key(seq).as_slice(),
+            encode_entry(&revision.hash, &canonical),
+        );
         let mut d_key = decision_prefix(&revision.decision_id);
         d_key.extend_from_slice(&revision_number.to_be_bytes());
         batch.insert(d_key, seq_bytes.as_slice());
@@ -730,7 +749,7 @@ impl Writer {
             .db
             .get([b"j".as_slice(), &seq].concat())?
             .ok_or_else(|| StoreError::Corrupt("decision index without its revision".into()))?;
-        decode(&bytes).map(Some)
+        decode_revision(&bytes).map(Some)
     }
 
     fn current_revision(&self, decision_id: &str) -> StoreResult<u32> {
