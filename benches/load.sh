@@ -1,86 +1,101 @@
 #!/usr/bin/env bash
-# Load benchmark against the release binary on loopback, driven by wrk (Debian's package).
+# Load benchmark: the release binary on loopback, driven by wrk (Debian's package), with
+# PostgreSQL beside it as a peer, all in one run.
 #
-#   benches/load.sh                 # 64 connections, 10 s per run
-#   CONNS="1 16 64" SECS=15 benches/load.sh
+#   benches/load.sh                          # c = 1, 16 and 64; 10 s a run; PostgreSQL peer
+#   CONNS="16 64" SECS=15 benches/load.sh
+#   CONNS="64 64 64" PEER=none benches/load.sh   # repeats: the ratio uses the mean of each
+#   PEER=none benches/load.sh                # without the PostgreSQL stage
 #
-# For each connection count it measures durable submits/s with group commit and with the
-# sync-per-request baseline, in the same run, then evaluate requests/s. Every server gets a fresh
-# data folder; nothing leaves this machine (127.0.0.1 only), and every run is bounded by SECS.
+# Settings (environment): CONNS (default "1 16 64"), SECS (10), THREADS (wrk threads, 2),
+# EVAL_CONNS (connections for evaluate, 64), PEER (postgres | none), PEER_CONNS (64).
+#
+# What it measures, each on a fresh store:
+#   1. durable submits/s with p50/p99 at each of CONNS, group commit and then the
+#      sync-per-request baseline (POST /v1/cases/load-1/decisions);
+#   2. evaluate requests/s with p50/p99 (POST /v1/tools/harm-analysis/evaluate: a dry run that
+#      stores nothing);
+#   3. the peer: PostgreSQL's durable INSERT + COMMIT of the same revision JSON, PEER_CONNS
+#      clients (benches/peer-postgres.sh).
+# It ends with one table (a row per run), how the writer committed in each submit run (from the
+# server's /metrics: commits, appends per commit, time per commit, share of the run the writer was
+# busy), and the ratios group / sync-per-request per connection count and safeguard's group-commit
+# submits/s / PostgreSQL's transactions/s at PEER_CONNS. The machine is shared: compare ratios
+# within one run, not absolute figures across runs. Servers bind 127.0.0.1 only; every server and temp folder is
+# removed on exit. It exits non-zero when any request was not answered 2xx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONNS=${CONNS:-64}
+CONNS=${CONNS:-1 16 64}
 SECS=${SECS:-10}
 THREADS=${THREADS:-2}
-PORT=${PORT:-18990}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet
+EVAL_CONNS=${EVAL_CONNS:-64}
+PEER=${PEER:-postgres}
+PEER_CONNS=${PEER_CONNS:-64}
 BIN=target/release/safeguard
+source benches/lib.sh
+
+need_wrk
+cargo build --release --quiet
+write_wrk_scripts
 
 # A realistic filled-in form: the first harm-analysis case that reaches a level, as the served
 # catalog decides it (a plugin's cases when a plugin changes the tool, else the core cases).
 python3 - "$WORK" <<'PY'
-import json, os, sys, glob
+import glob, json, os, sys
 work = sys.argv[1]
 paths = sorted(glob.glob("plugins/*/cases/harm-analysis/*.json")) or sorted(glob.glob("tests/cases/harm-analysis/*.json"))
-for path in paths:
-    case = json.load(open(path))
-    if "level" in case["expect"]:
-        break
+case = next(c for c in map(lambda p: json.load(open(p)), paths) if "level" in c["expect"])
 open(os.path.join(work, "submit.json"), "w").write(json.dumps({"tool": "harm-analysis", "input": case["input"]}))
 open(os.path.join(work, "evaluate.json"), "w").write(json.dumps({"input": case["input"]}))
 PY
 
-cat > "$WORK/post.lua" <<'LUA'
-local body_file = os.getenv("BODY_FILE")
-local f = assert(io.open(body_file, "r"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
-function done(summary, latency, requests)
-  local non2xx = summary.errors.status
-  io.write(string.format("RESULT rps=%.0f p50_ms=%.2f p99_ms=%.2f requests=%d non2xx=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
-    latency:percentile(99) / 1000, summary.requests, non2xx))
-end
-LUA
-
-start_server() { # durability
-  local data="$WORK/data-$1-$RANDOM"
-  TOKEN=$(SAFEGUARD_DATA_DIR="$data" $BIN token create --role practitioner --subject load)
-  SAFEGUARD_DATA_DIR="$data" SAFEGUARD_LISTEN="127.0.0.1:$PORT" SAFEGUARD_DURABILITY="$1" \
-    RUST_LOG=warn $BIN serve >"$WORK/server.log" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 0.1; done
-  echo "server did not start"; cat "$WORK/server.log"; exit 1
-}
-stop_server() { kill -TERM "$SERVER"; wait "$SERVER" || true; }
-
-run() { # label path body connections
-  local out
-  out=$(BODY_FILE="$WORK/$3" TOKEN="$TOKEN" wrk -t"$THREADS" -c"$4" -d"${SECS}s" --latency \
-        -s "$WORK/post.lua" "http://127.0.0.1:$PORT$2" | grep RESULT)
-  printf '%-34s c=%-3s %s\n' "$1" "$4" "${out#RESULT }"
-  case "$out" in *non2xx=0) ;; *) echo "FAILED: some requests were not answered 2xx; the figures above are not valid" >&2; exit 1 ;; esac
-  echo "$out" | sed -E 's/.*rps=([0-9]+).*/\1/'
+store=0
+fresh_store() { # durability: a new data folder with a token, and a server on it
+  store=$((store + 1))
+  make_token "$WORK/data-$store"
+  start_server "$WORK/data-$store" "$1"
 }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; wrk -t$THREADS, ${SECS}s per run"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; wrk -t$THREADS, ${SECS}s a run; $(date -u +%FT%TZ)"
+started=$(date +%s)
 for c in $CONNS; do
-  start_server group
-  group=$(run "submit (group commit)" /v1/cases/load-1/decisions submit.json "$c" | tee /dev/stderr | tail -1)
+  fresh_store group
+  BODY_FILE="$WORK/submit.json" wrk_run "submit (group commit)" "$c" post.lua /v1/cases/load-1/decisions
+  commit_stats "submit (group commit)" "$c"
   stop_server
-  start_server sync-per-request
-  sync=$(run "submit (sync-per-request baseline)" /v1/cases/load-1/decisions submit.json "$c" | tee /dev/stderr | tail -1)
+  fresh_store sync-per-request
+  BODY_FILE="$WORK/submit.json" wrk_run "submit (sync-per-request)" "$c" post.lua /v1/cases/load-1/decisions
+  commit_stats "submit (sync-per-request)" "$c"
   stop_server
-  echo "group / sync-per-request at c=$c: $(python3 -c "print(f'{$group/$sync:.1f}x')")"
-done 2>&1 | grep -v '^[0-9]*$'
-start_server group
-run "evaluate (dry run)" /v1/tools/harm-analysis/evaluate evaluate.json 64 | head -1
+done
+fresh_store group
+BODY_FILE="$WORK/evaluate.json" wrk_run "evaluate (dry run)" "$EVAL_CONNS" post.lua /v1/tools/harm-analysis/evaluate
 stop_server
+
+if [ "$PEER" = postgres ]; then
+  # The peer stores the revision exactly as safeguard stores it: submit the form once to a
+  # fresh store, stop the server, and export the journal.
+  fresh_store group
+  curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/submit.json" "127.0.0.1:$PORT/v1/cases/load-1/decisions"
+  stop_server
+  SAFEGUARD_DATA_DIR="$WORK/data-$store" "$BIN" export --out "$WORK/revision.json" 2>/dev/null
+  SECS="$SECS" THREADS="$THREADS" CONNS="$PEER_CONNS" benches/peer-postgres.sh "$WORK/revision.json" >"$WORK/peer.out"
+  record "postgres INSERT+COMMIT" "$PEER_CONNS" "$(grep '^RESULT' "$WORK/peer.out")"
+elif [ "$PEER" != none ]; then
+  echo "PEER must be postgres or none, not $PEER" >&2
+  exit 2
+fi
+
+print_table
+print_commits
+echo
+for c in $(tr ' ' '\n' <<<"$CONNS" | sort -nu); do
+  echo "group / sync-per-request at c=$c: $(ratio "$(rps_of "submit (group commit)" "$c")" "$(rps_of "submit (sync-per-request)" "$c")")"
+done
+if [ "$PEER" = postgres ]; then
+  echo "safeguard group / postgres at c=$PEER_CONNS: $(ratio "$(rps_of "submit (group commit)" "$PEER_CONNS")" "$(rps_of "postgres INSERT+COMMIT" "$PEER_CONNS")")"
+fi
+echo "wall time: $(($(date +%s) - started)) s"
+all_ok || { echo "FAILED: some requests were not answered 2xx (see the warnings above); those rows are not valid" >&2; exit 1; }
