@@ -2,9 +2,9 @@
 //! the bytes on disk, and check that it chains to the one before. The first break is reported by
 //! sequence number; nothing after it can be trusted.
 //!
-//! Hashing is the expensive part, so it runs on every core: a reader thread hands out chunks of
-//! raw entries, workers hash them, and the chain is then checked in order. Memory is bounded by
-//! the chunks in flight.
+//! Reading and hashing run on every core: the journal is cut into chunks of consecutive
+//! sequence numbers, each worker reads its own chunks from the store and hashes them, and the
+//! chain is then checked in order. Memory is bounded by the chunks in flight.
 
 use std::sync::mpsc;
 
@@ -40,20 +40,27 @@ struct Checked {
     result: Result<(String, String, String), String>,
 }
 
-const CHUNK: usize = 1024;
-
-/// A numbered chunk of raw journal entries, `(seq, bytes)`.
-type Chunk = (usize, Vec<(u64, Vec<u8>)>);
+/// Revisions per chunk of work.
+const CHUNK: u64 = 4096;
 
 /// Verifies the whole journal; `progress` is called with the count checked so far.
 pub fn verify(
     store: &dyn Store,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, StoreError> {
+    verify_in_chunks(store, progress, CHUNK)
+}
+
+fn verify_in_chunks(
+    store: &dyn Store,
+    progress: &(dyn Fn(u64) + Sync),
+    chunk_size: u64,
+) -> Result<VerifyReport, StoreError> {
     let head = store.head()?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut chunks_in: Vec<mpsc::SyncSender<Chunk>> = Vec::new();
-    let (out_tx, out_rx) = mpsc::sync_channel::<(usize, Vec<Checked>)>(workers * 2);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    // Chunk i holds seqs i*chunk_size+1 ..= (i+1)*chunk_size; the last one also takes whatever lies past
+    // the head, so entries the head does not account for are still read (and reported).
+    let last_chunk = head.seq / chunk_size;
     let mut report = VerifyReport {
         ok: true,
         revisions: 0,
@@ -63,61 +70,45 @@ pub fn verify(
     let mut expected_seq = 1u64;
     let mut prev_hash = GENESIS_HASH.to_owned();
     std::thread::scope(|scope| -> Result<(), StoreError> {
-        for _ in 0..workers {
-            let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
-            chunks_in.push(tx);
-            let out = out_tx.clone();
+        // Each worker reads and hashes its own chunks (w, w + workers, ...) straight from the
+        // store, so reading is spread over the cores too; chunk i comes back from worker
+        // i % workers, in order, and the chain is walked in order from those answers. Two chunks
+        // in flight per worker bound the memory.
+        let mut answers = Vec::new();
+        for w in 0..workers {
+            let (tx, rx) = mpsc::sync_channel::<Result<Vec<Checked>, StoreError>>(2);
+            answers.push(rx);
             scope.spawn(move || {
-                for (index, chunk) in rx {
-                    let checked = chunk
-                        .into_iter()
-                        .map(|(seq, bytes)| check_entry(seq, &bytes))
+                for chunk in (w..=last_chunk).step_by(workers as usize) {
+                    let first = chunk * chunk_size + 1;
+                    let last = (chunk < last_chunk).then_some(first + chunk_size - 1);
+                    let checked = store
+                        .journal_raw(first)
+                        .take_while(|entry| match (entry, last) {
+                            (Ok((seq, _)), Some(last)) => *seq <= last,
+                            _ => true,
+                        })
+                        .map(|entry| entry.map(|(seq, bytes)| check_entry(seq, &bytes)))
                         .collect();
-                    if out.send((index, checked)).is_err() {
+                    if tx.send(checked).is_err() {
                         break;
                     }
                 }
             });
         }
-        drop(out_tx);
-        // The reader: deals chunks to workers round-robin, so chunk i comes back from worker
-        // i % workers and the chain can be walked in order.
-        let reader = scope.spawn(move || -> Result<(), StoreError> {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            let mut index = 0usize;
-            for entry in store.journal_raw(1) {
-                chunk.push(entry?);
-                if chunk.len() == CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                    if chunks_in[index % chunks_in.len()]
-                        .send((index, full))
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                    index += 1;
-                }
-            }
-            if !chunk.is_empty() {
-                let _ = chunks_in[index % chunks_in.len()].send((index, chunk));
-            }
-            Ok(())
-        });
 
-        let mut pending = std::collections::BTreeMap::new();
-        let mut next = 0usize;
-        for (index, checked) in out_rx {
-            pending.insert(index, checked);
-            while let Some(checked) = pending.remove(&next) {
-                next += 1;
-                if report.first_break.is_some() {
-                    continue;
-                }
+        'chain: for chunk in 0..=last_chunk {
+            let checked = answers[(chunk % workers) as usize]
+                .recv()
+                .expect("a verify worker answers every chunk it owns")?;
+            {
                 for c in checked {
                     report.revisions += 1;
-                    let problem = if c.seq != expected_seq {
-                        Some(format!("expected revision {expected_seq} next, found {} (a revision is missing or out of place)", c.seq))
+                    // A revision missing or out of place breaks the chain where it should be.
+                    let (at, problem) = if c.seq != expected_seq {
+                        (expected_seq, Some(format!("expected revision {expected_seq} next, found {} (a revision is missing or out of place)", c.seq)))
                     } else {
+                        (c.seq,
                         match &c.result {
                             Err(why) => Some(why.clone()),
                             Ok((stored, _, recomputed)) if stored != recomputed => Some(format!(
@@ -130,18 +121,17 @@ pub fn verify(
                                 prev_hash = stored.clone();
                                 None
                             }
-                        }
+                        })
                     };
                     if let Some(reason) = problem {
-                        report.first_break = Some(Break { seq: c.seq, reason });
-                        break;
+                        report.first_break = Some(Break { seq: at, reason });
+                        break 'chain;
                     }
                     expected_seq += 1;
                 }
                 progress(report.revisions);
             }
         }
-        reader.join().expect("the reader thread does not panic")?;
         Ok(())
     })?;
     if report.first_break.is_none() && (head.seq != expected_seq - 1 || head.hash != prev_hash) {
@@ -178,4 +168,101 @@ fn check_entry(seq: u64, bytes: &[u8]) -> Checked {
         ))
     })();
     Checked { seq, result }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::rules::Outcome;
+    use crate::store::{
+        Actor, Draft, Precondition, RevisionKind, SledStore, StoreOptions, ToolRef,
+    };
+    use serde_json::json;
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            cache_bytes: 1 << 20,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// A store holding `n` revisions, appended concurrently so they share batches.
+    async fn store_with(dir: &std::path::Path, n: usize) -> SledStore {
+        let store = SledStore::open(dir, options()).unwrap();
+        let appends: Vec<_> = (0..n)
+            .map(|i| {
+                tokio::spawn(store.append(
+                    Draft {
+                        decision_id: format!("d{i}"),
+                        kind: RevisionKind::Submitted,
+                        case_id: format!("c{}", i % 3),
+                        tool: ToolRef {
+                            id: "t".into(),
+                            version: "1".into(),
+                            digest: "sha256:t".into(),
+                        },
+                        input: json!({"i": i}),
+                        outcome: Outcome {
+                            level: "low".into(),
+                            score: None,
+                            recommendation: "r".into(),
+                            explanation: "e".into(),
+                            reasons: vec![],
+                            flags: vec![],
+                        },
+                        override_: None,
+                        actor: Actor {
+                            subject: "s".into(),
+                            role: Role::Practitioner,
+                        },
+                        snapshot: Default::default(),
+                    },
+                    Precondition::New { idempotency: None },
+                ))
+            })
+            .collect();
+        for appended in appends {
+            appended.await.unwrap().unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn every_chunk_is_read_and_checked_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), 23).await;
+
+        for chunk_size in [1, 4, 22, 23, 24, 4096] {
+            let report = verify_in_chunks(&store, &|_| {}, chunk_size).unwrap();
+            assert!(report.ok, "chunks of {chunk_size}: {report:?}");
+            assert_eq!(report.revisions, 23, "chunks of {chunk_size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_break_in_a_later_chunk_is_found_at_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with(dir.path(), 23).await);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.remove(*b"j\0\0\0\0\0\0\0\x11")
+                .unwrap()
+                .expect("seq 17 is stored");
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), options()).unwrap();
+
+        for chunk_size in [4, 16, 17, 4096] {
+            let report = verify_in_chunks(&store, &|_| {}, chunk_size).unwrap();
+            let first_break = report.first_break.clone().expect("the gap is found");
+            assert_eq!(first_break.seq, 17, "chunks of {chunk_size}");
+            assert!(
+                first_break.reason.contains("missing"),
+                "{}",
+                first_break.reason
+            );
+            assert_eq!(report.revisions, 17, "chunks of {chunk_size}: {report:?}");
+        }
+    }
 }
