@@ -75,6 +75,7 @@ fn fill() -> Filled {
             Arc::clone(&decisions),
             count,
             SEED,
+            &[],
             |_| {},
         ))
         .expect("the demo data is stored");

@@ -66,6 +66,9 @@ enum Command {
         /// The generator's seed: the same seed and catalog give the same forms.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Only this tool's decisions (repeat for several; default: every tool served).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
     },
     /// Manage API tokens (run while the service is stopped: the store is locked while it runs).
     Token {
@@ -176,7 +179,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay(cli.config, args),
         Command::Export { filter, out } => export(cli.config, filter, out),
         Command::Verify => return verify(cli.config),
-        Command::DemoData { count, seed } => demo_data(cli.config, count, seed),
+        Command::DemoData { count, seed, tools } => demo_data(cli.config, count, seed, &tools),
         Command::Token {
             command: TokenCommand::Create { role, subject },
         } => token_create(cli.config, role, &subject),
@@ -359,7 +362,7 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
     Ok(())
 }
 
-fn demo_data(file: Option<PathBuf>, count: u64, seed: u64) -> anyhow::Result<()> {
+fn demo_data(file: Option<PathBuf>, count: u64, seed: u64, tools: &[String]) -> anyhow::Result<()> {
     let config = load_config(file)?;
     let catalog = load_catalog(&config)?;
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(open_store(&config)?);
@@ -372,6 +375,7 @@ fn demo_data(file: Option<PathBuf>, count: u64, seed: u64) -> anyhow::Result<()>
         decisions.clone(),
         count,
         seed,
+        tools,
         move |n| progress_bar.set_position(n),
     ))?;
     bar.finish_and_clear();

@@ -1818,7 +1818,7 @@ impl Filled {
 }
 
 /// Fills the store behind `decisions` with `count` decisions drawn with a seeded generator from
-/// every tool the catalog serves: four decisions a case, about one in twenty overridden by a
+/// the tools named in `only` (every tool the catalog serves when it is empty): four decisions a case, about one in twenty overridden by a
 /// practitioner with a reason, and half of those approved by a supervisor, so the dashboard,
 /// replay and disparity have something real to show. The same seed and catalog give the same
 /// forms. Submits run concurrently, so they share flushes like real traffic.
@@ -1826,6 +1826,7 @@ pub async fn fill(
     decisions: std::sync::Arc<crate::decisions::Decisions>,
     count: u64,
     seed: u64,
+    only: &[String],
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<Filled, crate::decisions::DecisionError> {
     use crate::auth::Role;
@@ -1833,7 +1834,16 @@ pub async fn fill(
     use rand::{Rng, SeedableRng};
 
     let catalog = decisions.catalog();
-    let tools: Vec<_> = catalog.tools().cloned().collect();
+    if let Some(unknown) = only.iter().find(|id| catalog.get(id).is_none()) {
+        return Err(crate::decisions::DecisionError::UnknownTool(
+            unknown.clone(),
+        ));
+    }
+    let tools: Vec<_> = catalog
+        .tools()
+        .filter(|t| only.is_empty() || only.iter().any(|id| id == t.id()))
+        .cloned()
+        .collect();
     let generators: Vec<FormGenerator> = tools
         .iter()
         .map(|t| FormGenerator::new(&t.schema))

@@ -177,3 +177,62 @@ fn check_exits_zero_when_every_case_passes_and_every_level_is_reached() {
     assert!(text.contains("2/2 cases passed"), "{text}");
     assert!(text.trim_end().ends_with("PASSED"), "{text}");
 }
+
+/// Runs `safeguard` with `args` over the store in `data`, from the repository's own catalog.
+fn safeguard_on(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(args)
+        .env("SAFEGUARD_DATA_DIR", data)
+        .output()
+        .expect("the safeguard binary runs")
+}
+
+#[test]
+fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool() {
+    let data = tempfile::tempdir().expect("a temp folder");
+
+    let filled = safeguard_on(
+        data.path(),
+        &[
+            "demo-data",
+            "--count",
+            "24",
+            "--seed",
+            "3",
+            "--tool",
+            "threshold",
+        ],
+    );
+    assert!(filled.status.success(), "{filled:?}");
+    assert!(
+        stdout(&filled).starts_with("24 decision(s), "),
+        "{}",
+        stdout(&filled)
+    );
+
+    let verified = safeguard_on(data.path(), &["verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    let exported = safeguard_on(data.path(), &["export"]);
+    assert!(exported.status.success(), "{exported:?}");
+    let lines: Vec<serde_json::Value> = stdout(&exported)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let submitted = lines.iter().filter(|l| l["kind"] == "submitted").count();
+    assert_eq!(submitted, 24);
+    assert!(lines.iter().all(|l| l["tool"]["id"] == "threshold"));
+}
+
+#[test]
+fn demo_data_for_an_unknown_tool_fails_and_names_it() {
+    let data = tempfile::tempdir().expect("a temp folder");
+
+    let output = safeguard_on(
+        data.path(),
+        &["demo-data", "--count", "5", "--tool", "nope"],
+    );
+
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("nope"), "{said}");
+}
