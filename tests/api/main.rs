@@ -12,6 +12,7 @@ mod decisions;
 mod durability;
 mod engine;
 mod http;
+mod openapi;
 mod plugins;
 
 use std::fs;
