@@ -91,10 +91,22 @@ fn decision_response(status: StatusCode, revision: Revision) -> Response {
 }
 
 /// Ids are 1-128 characters of letters, digits and `.`, `_`, `:`, `-`: safe in URLs, logs and
-/// store keys.
+/// store keys. The API description states the same rule for every `case` and `id` in a path.
+pub(super) const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+pub(super) const ID_MAX_LENGTH: usize = 128;
+
+/// An `Idempotency-Key` is 1-255 visible ASCII characters: no spaces, no control characters.
+pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
+const IDEMPOTENCY_KEY_MAX_LENGTH: usize = 255;
+
+/// An `If-Match` is the ETag of a decision read (`"3"`, or weak, `W/"3"`), or its bare number.
+/// Nine digits at most, so that every value the description allows is a revision number.
+pub(super) const IF_MATCH_PATTERN: &str = r#"^(W/)?("[0-9]{1,9}"|[0-9]{1,9})$"#;
+
+/// Checks an id against [`ID_PATTERN`].
 pub(super) fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
-        && value.len() <= 128
+        && value.len() <= ID_MAX_LENGTH
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
@@ -108,22 +120,35 @@ pub(super) fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The revision an `If-Match` value names, if it has the form [`IF_MATCH_PATTERN`] describes.
+fn if_match_revision(value: &str) -> Option<u32> {
+    let value = value.trim();
+    let tag = value.strip_prefix("W/").unwrap_or(value);
+    let number = tag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag);
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
+}
+
 /// The revision a change builds on, from `If-Match` or the body; both must agree if both are
 /// given.
 fn expected_revision(headers: &HeaderMap, in_body: Option<u32>) -> Result<u32, ApiError> {
-    let from_header = match headers.get(IF_MATCH) {
-        None => None,
-        Some(value) => {
-            let text = value.to_str().unwrap_or_default().trim();
-            let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-            Some(text.parse::<u32>().map_err(|_| {
-                ApiError::invalid(
-                    "If-Match",
-                    "If-Match must be the ETag of a decision read, e.g. \"3\"",
-                )
-            })?)
-        }
-    };
+    let from_header =
+        match headers.get(IF_MATCH) {
+            None => None,
+            Some(value) => Some(value.to_str().ok().and_then(if_match_revision).ok_or_else(
+                || {
+                    ApiError::invalid(
+                        "If-Match",
+                        "If-Match must be the ETag of a decision read, e.g. \"3\"",
+                    )
+                },
+            )?),
+        };
     match (from_header, in_body) {
         (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
             "/expected_revision",
@@ -132,6 +157,51 @@ fn expected_revision(headers: &HeaderMap, in_body: Option<u32>) -> Result<u32, A
         (Some(r), _) | (None, Some(r)) => Ok(r),
         (None, None) => Err(ApiError::RevisionRequired),
     }
+}
+
+/// The `Idempotency-Key` of a request, if it sent one of the form [`IDEMPOTENCY_KEY_PATTERN`].
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= IDEMPOTENCY_KEY_MAX_LENGTH
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// An `expected_revision`. JSON Schema, and so the API description, counts `2.0` as the integer
+/// 2, so a whole number is read as a revision however it is spelt.
+fn revision_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = match number.as_u64() {
+        Some(n) => u32::try_from(n).ok(),
+        None => number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+            .map(|f| f as u32),
+    };
+    whole.map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "invalid value: {number}, expected a revision number (a whole number from 0 to {})",
+            u32::MAX
+        ))
+    })
 }
 
 /// A completed form for a case.
@@ -171,22 +241,7 @@ pub async fn decision_submit(
     Json(request): Json<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     check_id("case", &case)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "Idempotency-Key",
-                        "Idempotency-Key must be 1-255 visible ASCII characters",
-                    )
-                })?;
-            Some(key.to_owned())
-        }
-    };
+    let key = idempotency_key(&headers)?;
     let appended = state
         .decisions
         .submit(&case, &request.tool, request.input, caller.actor(), key)
@@ -257,6 +312,7 @@ pub struct AmendRequest {
     #[schema(value_type = Object)]
     pub input: Value,
     /// The revision this builds on, if not given as `If-Match`.
+    #[serde(default, deserialize_with = "revision_number")]
     pub expected_revision: Option<u32>,
 }
 
@@ -302,6 +358,8 @@ pub struct OverrideRequest {
     pub level: String,
     /// Why: required, and kept with the decision for ever.
     pub reason: String,
+    /// The revision this builds on, if not given as `If-Match`.
+    #[serde(default, deserialize_with = "revision_number")]
     pub expected_revision: Option<u32>,
 }
 
@@ -349,6 +407,8 @@ pub async fn decision_override(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
+    /// The revision this builds on, if not given as `If-Match`.
+    #[serde(default, deserialize_with = "revision_number")]
     pub expected_revision: Option<u32>,
 }
 

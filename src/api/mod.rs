@@ -11,6 +11,7 @@ mod cases;
 mod decisions;
 mod error;
 mod observe;
+mod openapi;
 mod ops;
 mod tools;
 
@@ -109,7 +110,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The routes and the OpenAPI description generated from them.
 fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut description) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::health))
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
@@ -137,7 +138,10 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::audit_verify))
         .routes(routes!(audit::audit_disparity))
         .routes(routes!(audit::dashboard_get))
-        .split_for_parts()
+        .split_for_parts();
+    // After the routes, whose parameters and schemas the constraints refine.
+    utoipa::Modify::modify(&openapi::Constraints, &mut description);
+    (router, description)
 }
 
 /// The OpenAPI 3.1 description of every route.

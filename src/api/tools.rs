@@ -19,11 +19,34 @@ pub struct ToolSummary {
     pub title: String,
     pub version: String,
     pub digest: String,
-    /// 0-7, "any" or "org".
-    #[schema(value_type = Object)]
+    /// The stage of the case journey, 0 (front door) to 7 (close), or "any" or "org".
+    #[schema(schema_with = stage_schema)]
     pub stage: Stage,
     /// `core`, or `plugin:<name>` for a tool a plugin added or changed.
     pub source: String,
+}
+
+/// How a [`Stage`] is written in JSON: a number for a case stage, a word for the others. Described
+/// here rather than derived, because the derive cannot bound the number to the stages that exist.
+fn stage_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    let stage = OneOfBuilder::new()
+        .description(Some(
+            "The stage of the case journey, 0 (front door) to 7 (close), or \"any\" or \"org\".",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(0))
+                .maximum(Some(7)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .enum_values(Some(["any", "org"])),
+        )
+        .build();
+    Schema::OneOf(stage)
 }
 
 /// One tool in full: what a form renderer and a client need.

@@ -14,6 +14,7 @@ mod decisions;
 mod durability;
 mod engine;
 mod http;
+mod openapi;
 mod plugins;
 
 use std::fs;
