@@ -196,7 +196,7 @@ pub fn replay(
         (None, Some(tool)) => tool.levels().to_vec(),
         (None, None) => Vec::new(),
     };
-    let keep = request.offset + request.limit;
+    let keep = request.offset.saturating_add(request.limit);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
     let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));

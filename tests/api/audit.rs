@@ -320,6 +320,11 @@ async fn replay_lists_the_changed_decisions_in_journal_order_a_page_at_a_time() 
         "the total counts every page"
     );
     assert_eq!((&page["offset"], &page["limit"]), (&json!(1), &json!(2)));
+
+    // An offset past any store is an empty page, not an overflow.
+    let far = replay_report(&app, &request(usize::MAX, 2)).await;
+    assert_eq!(ids(&far), Vec::<Value>::new());
+    assert_eq!(far["changed"], changed.len());
 }
 
 #[tokio::test]
