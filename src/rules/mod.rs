@@ -162,6 +162,12 @@ impl Sandbox {
             // practitioner's request.
             .set_strict_variables(true)
             .set_module_resolver(modules)
+            // No string interning. Rhai interns every interpolated string, every string stored in
+            // a variable and every `type_of` result in one cache per engine behind a write lock
+            // that every request thread takes; once the cache is full (256 strings, soon reached
+            // by the many short texts a decision builds) each new string evicts by scanning the
+            // whole cache. Interning only saves memory, and a decision's strings die with it.
+            .set_max_strings_interned(0)
             .on_print(|_| {})
             .on_debug(|_, _, _| {});
         // `eval` would run code that was never compiled, checked or digested.
@@ -389,6 +395,32 @@ mod tests {
             .compile("fn decide(form, params) { levle }")
             .unwrap_err();
         assert!(err.message.contains("levle"), "{err:?}");
+    }
+
+    #[test]
+    fn an_anonymous_function_that_captures_a_variable_is_a_compile_error() {
+        let err = Sandbox::with_defaults()
+            .compile(
+                "fn decide(form, params) {
+    let bonus = 1;
+    let f = |x| x + bonus;
+    f.call(1)
+}",
+            )
+            .unwrap_err();
+        assert!(err.message.contains("bonus"), "{err:?}");
+        assert_eq!(err.line, Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn an_anonymous_function_that_captures_nothing_runs() {
+        let out = run(r#"fn decide(form, params) {
+            let double = |x| x * 2;
+            #{level: "low", score: double.call(form.n), recommendation: "r", explanation: "e",
+              reasons: [#{code: "A", text: "a", points: 6}]}
+        }"#)
+        .unwrap();
+        assert_eq!(out.score, Some(serde_json::Number::from(6)));
     }
 
     #[test]

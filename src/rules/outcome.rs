@@ -127,7 +127,7 @@ fn required_string(map: &mut Map, key: &str, breaches: &mut Vec<String>) -> Opti
             breaches.push(format!("`{key}` is missing"));
             None
         }
-        Some(d) => match d.into_string() {
+        Some(d) => match owned_string(d) {
             Ok(s) if s.trim().is_empty() => {
                 breaches.push(format!("`{key}` is empty"));
                 None
@@ -139,6 +139,13 @@ fn required_string(map: &mut Map, key: &str, breaches: &mut Vec<String>) -> Opti
             }
         },
     }
+}
+
+/// A script's string as a `String`, copied once. `Dynamic::into_string` would first make a shared
+/// string unique (a new shared allocation and a copy) and then convert that, and most of an
+/// outcome's strings are shared: they are literals of the script (codes, levels, flags).
+fn owned_string(d: Dynamic) -> Result<String, &'static str> {
+    d.into_immutable_string().map(|s| s.as_str().to_owned())
 }
 
 /// A script's number as JSON: whole numbers as integers whether the script made an `INT` or a
@@ -233,7 +240,7 @@ fn flags(raw: Option<Dynamic>, breaches: &mut Vec<String>) -> Option<Vec<String>
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        match item.into_string() {
+        match owned_string(item) {
             Ok(s) => out.push(s),
             Err(t) => breaches.push(format!("flags[{i}] must be a string, not {t}")),
         }
