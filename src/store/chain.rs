@@ -168,15 +168,6 @@ pub fn hash_value_without_hash(value: &mut Value) -> String {
     sha256(&canonical(&*value))
 }
 
-/// The same, over a revision struct (its `hash` is ignored).
-pub fn revision_hash(revision: &Revision) -> String {
-    let without = Revision {
-        hash: String::new(),
-        ..revision.clone()
-    };
-    sha256(&canonical(&without))
-}
-
 /// The chain fields of a stored revision, read without parsing the whole revision.
 #[derive(Debug)]
 pub struct Link {
@@ -294,6 +285,15 @@ mod tests {
             prev_hash: at.prev_hash.into(),
             hash: String::new(),
         }
+    }
+
+    /// The hash of a whole revision struct, canonicalised in one go (its `hash` is ignored).
+    fn revision_hash(revision: &Revision) -> String {
+        let without = Revision {
+            hash: String::new(),
+            ..revision.clone()
+        };
+        sha256(&canonical(&without))
     }
 
     const AT: Placement<'static> = Placement {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use chain::{hash_value_without_hash, revision_hash, sha256, Entry, Link, GENESIS_HASH};
+pub use chain::{hash_value_without_hash, sha256, Entry, Link, GENESIS_HASH};
 pub use sled_store::{Durability, SledStore, StoreOptions};
 
 use crate::auth::{Role, TokenRecord};
