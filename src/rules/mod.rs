@@ -424,6 +424,23 @@ mod tests {
     }
 
     #[test]
+    fn a_script_cannot_read_the_clock() {
+        // A decision that depended on the time could not be replayed.
+        let err = run(r#"fn decide(form, params) {
+            let now = timestamp();
+            #{level: "low", score: 0, recommendation: "r", explanation: "e", reasons: []}
+        }"#)
+        .unwrap_err();
+        match err {
+            EvalError::Script { message, line, .. } => {
+                assert!(message.contains("timestamp"), "{message}");
+                assert_eq!(line, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_thrown_error_is_a_script_error_with_its_line() {
         let err = run("fn decide(form, params) {\n  throw \"no\";\n}").unwrap_err();
         match err {
