@@ -123,25 +123,27 @@ wrk_run() { # label connections lua-script path
 
 # How the writer committed during the last run, from the server's own metrics (the counters start
 # at zero with each server): batches committed, appends per batch, the mean time of a commit (the
-# writer's whole turn: checking and hashing each revision, apply_batch, sled's flush and the
-# fdatasync), and the share of the run the writer spent committing. Prints it under the row and
-# keeps it for print_commits.
+# writer's whole turn) and its phases (prepare: checking, hashing and indexing each revision;
+# apply: sled's apply_batch; flush: sled's flush; sync: the fdatasync), and the share of the run
+# the writer spent committing. Prints it under the row and keeps it for print_commits.
 commit_stats() { # label connections
   local line
   line=$(curl -sf "127.0.0.1:$PORT/metrics" | awk -v secs="$SECS" '
     /^safeguard_commit_batch_size_sum/    { appends = $2 }
     /^safeguard_commit_batch_size_count/  { commits = $2 }
-    /^safeguard_commit_flush_seconds_sum/ { busy = $2 }
-    END { if (commits) printf "%d\t%.1f\t%.2f\t%.0f", commits, appends / commits, 1000 * busy / commits, 100 * busy / secs }')
+    /^safeguard_commit_seconds_sum/       { busy = $2 }
+    /^safeguard_commit_phase_seconds_sum/ { match($0, /phase="[a-z]+"/); phase[substr($0, RSTART + 7, RLENGTH - 8)] = $2 }
+    END { if (commits) printf "%d\t%.1f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f", commits, appends / commits, 1000 * busy / commits, 100 * busy / secs,
+            1000 * phase["prepare"] / commits, 1000 * phase["apply"] / commits, 1000 * phase["flush"] / commits, 1000 * phase["sync"] / commits }')
   [ -n "$line" ] || return 0
   printf '%s\t%s\t%s\n' "$1" "$2" "$line" >>"$WORK/commits.tsv"
-  awk -F'\t' '{ printf "  %36s        %d commits, %.1f appends a commit, %.2f ms a commit, writer busy %d%% of the run\n", "", $1, $2, $3, $4 }' <<<"$line"
+  awk -F'\t' '{ printf "  %36s        %d commits, %.1f appends a commit, %.2f ms a commit (prepare %.2f, apply %.2f, flush %.2f, sync %.2f), writer busy %d%% of the run\n", "", $1, $2, $3, $5, $6, $7, $8, $4 }' <<<"$line"
 }
 
 print_commits() {
   [ -s "$WORK/commits.tsv" ] || return 0
-  printf '\n%-36s %5s %9s %9s %9s %9s\n' "group commit (server metrics)" conns commits "appends" "ms each" "busy"
-  awk -F'\t' '{ printf "%-36s %5s %9s %9s %9s %8s%%\n", $1, $2, $3, $4, $5, $6 }' "$WORK/commits.tsv"
+  printf '\n%-36s %5s %9s %9s %9s %9s %9s %9s %9s %9s\n' "group commit (server metrics)" conns commits "appends" "ms each" "busy" prepare apply flush sync
+  awk -F'\t' '{ printf "%-36s %5s %9s %9s %9s %8s%% %9s %9s %9s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$WORK/commits.tsv"
 }
 
 # Adds a row (label, conns, then the fields of a RESULT line) to the table and prints it.

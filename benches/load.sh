@@ -14,7 +14,8 @@
 #   1. durable submits/s with p50/p99 at each of CONNS, group commit and then the
 #      sync-per-request baseline (POST /v1/cases/load-1/decisions);
 #   2. evaluate requests/s with p50/p99 (POST /v1/tools/harm-analysis/evaluate: a dry run that
-#      stores nothing);
+#      stores nothing), then GET /healthz on the same server: what this machine's HTTP stack and
+#      client do with no work behind the route, the ceiling every other row sits under;
 #   3. the peer: PostgreSQL's durable INSERT + COMMIT of the same revision JSON, PEER_CONNS
 #      clients (benches/peer-postgres.sh).
 # It ends with one table (a row per run), how the writer committed in each submit run (from the
@@ -71,6 +72,8 @@ for c in $CONNS; do
 done
 fresh_store group
 BODY_FILE="$WORK/evaluate.json" wrk_run "evaluate (dry run)" "$EVAL_CONNS" post.lua /v1/tools/harm-analysis/evaluate
+# The ceiling: the same server, client and connections on a route that does no work at all.
+wrk_run "health (no work: HTTP ceiling)" "$EVAL_CONNS" report.lua /healthz
 stop_server
 
 if [ "$PEER" = postgres ]; then
@@ -97,5 +100,6 @@ done
 if [ "$PEER" = postgres ]; then
   echo "safeguard group / postgres at c=$PEER_CONNS: $(ratio "$(rps_of "submit (group commit)" "$PEER_CONNS")" "$(rps_of "postgres INSERT+COMMIT" "$PEER_CONNS")")"
 fi
+echo "evaluate / health (share of the HTTP ceiling) at c=$EVAL_CONNS: $(ratio "$(rps_of "evaluate (dry run)" "$EVAL_CONNS")" "$(rps_of "health (no work: HTTP ceiling)" "$EVAL_CONNS")")"
 echo "wall time: $(($(date +%s) - started)) s"
 all_ok || { echo "FAILED: some requests were not answered 2xx (see the warnings above); those rows are not valid" >&2; exit 1; }

@@ -455,6 +455,16 @@ fn read_head(db: &sled::Db) -> StoreResult<Head> {
     }
 }
 
+/// Records how long one phase of a commit took, from `began` to now; returns now. The phases:
+/// `prepare` (checking, hashing and indexing every append of the batch), `apply` (sled's
+/// `apply_batch`), `flush` (sled's `flush`) and `sync` (the `fdatasync`s).
+fn phase_done(phase: &'static str, began: Instant) -> Instant {
+    let now = Instant::now();
+    metrics::histogram!("safeguard_commit_phase_seconds", "phase" => phase)
+        .record(now.duration_since(began).as_secs_f64());
+    now
+}
+
 /// The writer thread's state: the only code that writes revisions.
 struct Writer {
     db: sled::Db,
@@ -509,6 +519,7 @@ impl Writer {
         let mut overlay = Overlay::default();
         let mut answers = Vec::with_capacity(commands.len());
         let mut wrote = 0usize;
+        let preparing = Instant::now();
         for c in commands {
             let result = self.prepare(
                 c.draft,
@@ -524,6 +535,7 @@ impl Writer {
         }
         if wrote > 0 {
             batch.insert(b"h".as_slice(), encode(&self.head));
+            phase_done("prepare", preparing);
             if let Err(e) = self.make_durable(batch, batch_began) {
                 tracing::error!(error = %e, "a batch could not be made durable");
                 self.failed.store(true, Ordering::SeqCst);
@@ -535,8 +547,7 @@ impl Writer {
             }
             self.known_snapshots.extend(overlay.snapshots);
             metrics::histogram!("safeguard_commit_batch_size").record(wrote as f64);
-            metrics::histogram!("safeguard_commit_flush_seconds")
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("safeguard_commit_seconds").record(started.elapsed().as_secs_f64());
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
@@ -544,10 +555,14 @@ impl Writer {
     }
 
     fn make_durable(&self, batch: sled::Batch, batch_began: SystemTime) -> StoreResult<()> {
+        let phase = Instant::now();
         self.db.apply_batch(batch)?;
+        let phase = phase_done("apply", phase);
         self.db.flush()?;
+        let phase = phase_done("flush", phase);
         self.data_file.sync_data()?;
         sync_new_blobs(&self.dir.join("blobs"), batch_began)?;
+        phase_done("sync", phase);
         Ok(())
     }
 

@@ -78,6 +78,8 @@ async fn metrics_count_requests_decisions_and_commit_batches() {
         "safeguard_http_requests_total",
         "safeguard_decisions_total",
         "safeguard_commit_batch_size",
+        "safeguard_commit_seconds",
+        "safeguard_commit_phase_seconds_sum{phase=\"sync\"}",
     ] {
         assert!(text.contains(name), "{name} is missing from:\n{text}");
     }
