@@ -8,7 +8,8 @@
 #   PEER=none benches/load.sh                # without the PostgreSQL stage
 #
 # Settings (environment): CONNS (default "1 16 64"), SECS (10), THREADS (wrk threads, 2),
-# EVAL_CONNS (connections for evaluate, 64), PEER (postgres | none), PEER_CONNS (64).
+# EVAL_CONNS (connections for evaluate, 64), PEER (postgres | none), PEER_CONNS (64), BIN (a
+# binary to measure instead of building this checkout's).
 #
 # What it measures, each on a fresh store:
 #   1. durable submits/s with p50/p99 at each of CONNS, group commit and then the
@@ -33,11 +34,14 @@ THREADS=${THREADS:-2}
 EVAL_CONNS=${EVAL_CONNS:-64}
 PEER=${PEER:-postgres}
 PEER_CONNS=${PEER_CONNS:-64}
-BIN=target/release/safeguard
+# BIN: another safeguard binary to measure (a build of an earlier commit, for a before/after in
+# one run); by default the project is built and its release binary measured.
+BIN_GIVEN=${BIN:-}
+BIN=${BIN:-target/release/safeguard}
 source benches/lib.sh
 
 need_wrk
-cargo build --release --quiet
+[ -n "$BIN_GIVEN" ] || cargo build --release --quiet
 write_wrk_scripts
 
 # A realistic filled-in form: the first harm-analysis case that reaches a level, as the served
