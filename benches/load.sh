@@ -15,8 +15,9 @@
 #   1. durable submits/s with p50/p99 at each of CONNS, group commit and then the
 #      sync-per-request baseline (POST /v1/cases/load-1/decisions);
 #   2. evaluate requests/s with p50/p99 (POST /v1/tools/harm-analysis/evaluate: a dry run that
-#      stores nothing), then GET /healthz on the same server: what this machine's HTTP stack and
-#      client do with no work behind the route, the ceiling every other row sits under;
+#      stores nothing), the same with a form the schema refuses (all but the script), then
+#      GET /healthz on the same server: what this machine's HTTP stack and client do with no
+#      work behind the route, the ceiling every other row sits under;
 #   3. the peer: PostgreSQL's durable INSERT + COMMIT of the same revision JSON, PEER_CONNS
 #      clients (benches/peer-postgres.sh).
 # It ends with one table (a row per run), how the writer committed in each submit run (from the
@@ -53,6 +54,10 @@ paths = sorted(glob.glob("plugins/*/cases/harm-analysis/*.json")) or sorted(glob
 case = next(c for c in map(lambda p: json.load(open(p)), paths) if "level" in c["expect"])
 open(os.path.join(work, "submit.json"), "w").write(json.dumps({"tool": "harm-analysis", "input": case["input"]}))
 open(os.path.join(work, "evaluate.json"), "w").write(json.dumps({"input": case["input"]}))
+# The same form without one required field: the schema refuses it, so the script never runs.
+refused = dict(case["input"])
+refused.pop(next(iter(refused)))
+open(os.path.join(work, "refused.json"), "w").write(json.dumps({"input": refused}))
 PY
 
 store=0
@@ -76,6 +81,9 @@ for c in $CONNS; do
 done
 fresh_store group
 BODY_FILE="$WORK/evaluate.json" wrk_run "evaluate (dry run)" "$EVAL_CONNS" post.lua /v1/tools/harm-analysis/evaluate
+# What the script costs: everything an evaluation does but the script (auth, routing, JSON,
+# validation, a problem+json answer); all 422, so its non-2xx are expected.
+BODY_FILE="$WORK/refused.json" EXPECT_STATUS=422 wrk_run "evaluate, form refused (no script)" "$EVAL_CONNS" post.lua /v1/tools/harm-analysis/evaluate
 # The ceiling: the same server, client and connections on a route that does no work at all.
 wrk_run "health (no work: HTTP ceiling)" "$EVAL_CONNS" report.lua /healthz
 stop_server
@@ -104,6 +112,7 @@ done
 if [ "$PEER" = postgres ]; then
   echo "safeguard group / postgres at c=$PEER_CONNS: $(ratio "$(rps_of "submit (group commit)" "$PEER_CONNS")" "$(rps_of "postgres INSERT+COMMIT" "$PEER_CONNS")")"
 fi
+echo "evaluate / evaluate with the form refused (the script's share) at c=$EVAL_CONNS: $(ratio "$(rps_of "evaluate (dry run)" "$EVAL_CONNS")" "$(rps_of "evaluate, form refused (no script)" "$EVAL_CONNS")")"
 echo "evaluate / health (share of the HTTP ceiling) at c=$EVAL_CONNS: $(ratio "$(rps_of "evaluate (dry run)" "$EVAL_CONNS")" "$(rps_of "health (no work: HTTP ceiling)" "$EVAL_CONNS")")"
 echo "wall time: $(($(date +%s) - started)) s"
 all_ok || { echo "FAILED: some requests were not answered 2xx (see the warnings above); those rows are not valid" >&2; exit 1; }
