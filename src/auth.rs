@@ -73,6 +73,72 @@ pub struct TokenRecord {
     pub role: Role,
     pub subject: String,
     pub created_at: String,
+    /// When the token was revoked; a revoked token is kept, so its holder stays on record, but
+    /// never accepted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+/// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
+pub const ID_LEN: usize = 12;
+
+impl TokenRecord {
+    /// The name people use for the token: the first [`ID_LEN`] hex digits of its hash. It says
+    /// nothing that helps anyone present the token.
+    pub fn id(&self) -> &str {
+        let hex = self.hash.strip_prefix("sha256:").unwrap_or(&self.hash);
+        &hex[..ID_LEN.min(hex.len())]
+    }
+}
+
+/// Why a token could not be revoked.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    #[error("no token has the id {0} (see `safeguard token list`)")]
+    Unknown(String),
+    #[error("{count} tokens have an id starting {id}; give more of it")]
+    Ambiguous { id: String, count: usize },
+    #[error("the token {0} was already revoked at {1}")]
+    AlreadyRevoked(String, String),
+}
+
+/// The record of the one token named by `id` (its id, a longer prefix of its hash's hex, or the
+/// whole `sha256:` hash), marked revoked now; the caller stores it.
+pub fn revoke(records: &[TokenRecord], id: &str) -> Result<TokenRecord, RevokeError> {
+    let wanted = id.trim().strip_prefix("sha256:").unwrap_or(id.trim());
+    if wanted.len() < 6 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RevokeError::Unknown(id.to_owned()));
+    }
+    let wanted = wanted.to_ascii_lowercase();
+    let mut matching = records.iter().filter(|r| {
+        r.hash
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.starts_with(&wanted))
+    });
+    let record = match (matching.next(), matching.count()) {
+        (None, _) => return Err(RevokeError::Unknown(id.to_owned())),
+        (Some(record), 0) => record,
+        (Some(_), more) => {
+            return Err(RevokeError::Ambiguous {
+                id: id.to_owned(),
+                count: more + 1,
+            })
+        }
+    };
+    if let Some(at) = &record.revoked_at {
+        return Err(RevokeError::AlreadyRevoked(
+            record.id().to_owned(),
+            at.clone(),
+        ));
+    }
+    Ok(TokenRecord {
+        revoked_at: Some(now()),
+        ..record.clone()
+    })
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// A new token and the record to store for it.
@@ -84,7 +150,8 @@ pub fn issue(role: Role, subject: &str) -> (String, TokenRecord) {
         hash: hash(&token),
         role,
         subject: subject.to_owned(),
-        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        created_at: now(),
+        revoked_at: None,
     };
     (token, record)
 }
@@ -101,8 +168,14 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The tokens to accept out of every stored record: all but the revoked ones.
     pub fn new(records: Vec<TokenRecord>) -> Self {
-        Tokens { records }
+        Tokens {
+            records: records
+                .into_iter()
+                .filter(|r| r.revoked_at.is_none())
+                .collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,6 +211,65 @@ mod tests {
         let tokens = Tokens::new(vec![record]);
         assert_eq!(tokens.authenticate(&token).unwrap().subject, "sam");
         assert!(tokens.authenticate("sg_0000").is_none());
+    }
+
+    #[test]
+    fn a_revoked_token_is_not_accepted() {
+        let (kept, kept_record) = issue(Role::Auditor, "ari");
+        let (gone, gone_record) = issue(Role::Practitioner, "pat");
+        let revoked = revoke(
+            &[kept_record.clone(), gone_record.clone()],
+            gone_record.id(),
+        )
+        .unwrap();
+        assert_eq!(revoked.hash, gone_record.hash);
+        assert!(revoked.revoked_at.is_some());
+
+        let tokens = Tokens::new(vec![kept_record, revoked]);
+        assert!(tokens.authenticate(&gone).is_none());
+        assert_eq!(tokens.authenticate(&kept).unwrap().subject, "ari");
+    }
+
+    #[test]
+    fn revoke_names_one_token_by_a_prefix_of_its_hash() {
+        let record = |hex: &str| TokenRecord {
+            hash: format!("sha256:{hex}"),
+            role: Role::Practitioner,
+            subject: "pat".into(),
+            created_at: "2026-11-23T00:00:00Z".into(),
+            revoked_at: None,
+        };
+        let records = [record("abcdef0123456789"), record("abcdef9999999999")];
+        assert_eq!(records[0].id(), "abcdef012345");
+        // The id, a longer prefix, the whole hash, upper case: all name the first token.
+        for id in [
+            "abcdef012345",
+            "abcdef0123456789",
+            "sha256:abcdef01",
+            "ABCDEF01",
+        ] {
+            assert_eq!(revoke(&records, id).unwrap().hash, records[0].hash, "{id}");
+        }
+        assert_eq!(
+            revoke(&records, "abcdef"),
+            Err(RevokeError::Ambiguous {
+                id: "abcdef".into(),
+                count: 2
+            })
+        );
+        // Too short to mean one token on purpose, not hex, or matching nothing.
+        for id in ["abc", "", "zzzzzzzz", "123456789"] {
+            assert!(
+                matches!(revoke(&records, id), Err(RevokeError::Unknown(_))),
+                "{id}"
+            );
+        }
+        let mut revoked = records.clone();
+        revoked[0] = revoke(&records, "abcdef01").unwrap();
+        assert!(matches!(
+            revoke(&revoked, "abcdef01"),
+            Err(RevokeError::AlreadyRevoked(..))
+        ));
     }
 
     #[test]

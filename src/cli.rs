@@ -88,6 +88,14 @@ enum TokenCommand {
         #[arg(long)]
         subject: String,
     },
+    /// List every token: its id, role, subject, when it was created and revoked. Tokens
+    /// themselves are never stored, so never shown.
+    List,
+    /// Revoke a token: from the next start it is refused. Its record is kept.
+    Revoke {
+        /// The token's id from `token list` (or a longer prefix of its hash).
+        id: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,9 +188,11 @@ pub fn main() -> ExitCode {
         Command::Export { filter, out } => export(cli.config, filter, out),
         Command::Verify => return verify(cli.config),
         Command::DemoData { count, seed, tools } => demo_data(cli.config, count, seed, &tools),
-        Command::Token {
-            command: TokenCommand::Create { role, subject },
-        } => token_create(cli.config, role, &subject),
+        Command::Token { command } => match command {
+            TokenCommand::Create { role, subject } => token_create(cli.config, role, &subject),
+            TokenCommand::List => token_list(cli.config),
+            TokenCommand::Revoke { id } => token_revoke(cli.config, &id),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,17 +223,61 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
+/// The store, for a command that must run while the service is stopped.
+fn open_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStore> {
     let config = load_config(file)?;
-    let store = SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
+    SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
         format!(
             "cannot open the store in {} (is the service running?)",
             config.data_dir.display()
         )
-    })?;
+    })
+}
+
+fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
+    let store = open_stopped_store(file)?;
     let (token, record) = auth::issue(role, subject);
     store.put_token(&record)?;
     println!("{token}");
+    Ok(())
+}
+
+fn token_list(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = open_stopped_store(file)?;
+    let mut records = store.tokens()?;
+    records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
+    println!(
+        "{:<w$}  {:<12}  {:<20}  {:<20}  REVOKED",
+        "ID",
+        "ROLE",
+        "CREATED",
+        "SUBJECT",
+        w = auth::ID_LEN
+    );
+    for r in &records {
+        println!(
+            "{:<w$}  {:<12}  {:<20}  {:<20}  {}",
+            r.id(),
+            r.role.as_str(),
+            r.created_at,
+            r.subject,
+            r.revoked_at.as_deref().unwrap_or("-"),
+            w = auth::ID_LEN
+        );
+    }
+    Ok(())
+}
+
+fn token_revoke(file: Option<PathBuf>, id: &str) -> anyhow::Result<()> {
+    let store = open_stopped_store(file)?;
+    let revoked = auth::revoke(&store.tokens()?, id)?;
+    store.put_token(&revoked)?;
+    println!(
+        "revoked {} ({}, {}): refused from the next start",
+        revoked.id(),
+        revoked.role,
+        revoked.subject
+    );
     Ok(())
 }
 

@@ -38,8 +38,12 @@ impl Server {
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         let catalog = Catalog::load(&config.tools_dir).map_err(StartError::Catalog)?;
         let store = Arc::new(SledStore::open(&config.data_dir, config.store_options())?);
-        let mut tokens = Tokens::new(store.tokens()?);
-        let first_admin_token = if tokens.is_empty() {
+        let records = store.tokens()?;
+        // Only a store that has never had a token gets one made for it; one whose tokens were
+        // all revoked stays locked until someone with access to it creates another.
+        let first_run = records.is_empty();
+        let mut tokens = Tokens::new(records);
+        let first_admin_token = if first_run {
             let (token, record) = auth::issue(Role::Admin, "admin");
             store.put_token(&record)?;
             tokens.add(record);

@@ -236,3 +236,99 @@ fn demo_data_for_an_unknown_tool_fails_and_names_it() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("nope"), "{said}");
 }
+
+/// The line of `token list` for `subject`, split into its columns.
+fn token_line(listing: &str, subject: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|columns| columns.get(3).map(String::as_str) == Some(subject))
+        .unwrap_or_else(|| panic!("no line for {subject} in:\n{listing}"))
+}
+
+#[tokio::test]
+async fn a_revoked_token_stays_listed_and_is_refused_after_a_restart() {
+    use reqwest::StatusCode;
+    use safeguard::auth::Role;
+
+    let mut app = crate::common::spawn_app().await;
+    app.stop().await;
+    let data = app.data_dir().to_owned();
+
+    let listed = safeguard_on(&data, &["token", "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listing = stdout(&listed);
+    for role in Role::ALL {
+        let columns = token_line(&listing, crate::common::subject(role));
+        assert_eq!(columns[1], role.as_str(), "{listing}");
+        assert_eq!(columns[4], "-", "not revoked yet:\n{listing}");
+        // Only a hash is stored, so no token can be shown.
+        assert!(!listing.contains(app.token(role)), "{listing}");
+    }
+    let practitioner = token_line(&listing, "pat-practitioner")[0].clone();
+    assert_eq!(practitioner.len(), 12, "{listing}");
+
+    let revoked = safeguard_on(&data, &["token", "revoke", &practitioner]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert!(
+        stdout(&revoked).contains(&format!("revoked {practitioner}")),
+        "{revoked:?}"
+    );
+    let listing = stdout(&safeguard_on(&data, &["token", "list"]));
+    assert_ne!(
+        token_line(&listing, "pat-practitioner")[4],
+        "-",
+        "{listing}"
+    );
+    assert_eq!(token_line(&listing, "ari-auditor")[4], "-", "{listing}");
+
+    for (id, says) in [
+        (practitioner.as_str(), "already revoked"),
+        ("0000000000zz", "no token has the id"),
+    ] {
+        let refused = safeguard_on(&data, &["token", "revoke", id]);
+        assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{id}: {stderr}");
+    }
+
+    let app = app.restart().await;
+    assert_eq!(
+        app.get("/v1/tools", Role::Practitioner).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/v1/tools", Role::Auditor).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_store_whose_tokens_were_all_revoked_gets_no_new_admin_token() {
+    let mut app = crate::common::spawn_app().await;
+    app.stop().await;
+    let data = app.data_dir().to_owned();
+    let listing = stdout(&safeguard_on(&data, &["token", "list"]));
+    let ids: Vec<&str> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    // One a role, a second supervisor, and the admin token made on the store's first start.
+    assert_eq!(ids.len(), 6, "{listing}");
+    for id in ids {
+        let revoked = safeguard_on(&data, &["token", "revoke", id]);
+        assert!(revoked.status.success(), "{revoked:?}");
+    }
+
+    let config = crate::common::config(&data, Path::new(env!("CARGO_MANIFEST_DIR")));
+    let server = safeguard::server::Server::build(&config).await.unwrap();
+    assert!(
+        server.first_admin_token.is_none(),
+        "only a store that never had a token gets one made"
+    );
+}
