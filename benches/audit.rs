@@ -139,7 +139,7 @@ fn replay_benches(c: &mut Criterion, filled: &Filled) {
         offset: 0,
         limit: 100,
     };
-    let recorded = request(Target::Recorded);
+    let recorded = request(Target::Recorded {});
     // The example agency's recalibration: medium raised from 6 to 7, nothing else changed.
     let candidate = request(Target::Candidate {
         base: None,

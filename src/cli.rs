@@ -346,7 +346,7 @@ fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
             schema_patch: args.schema_patch.as_ref().map(read_json).transpose()?,
         }
     } else {
-        Target::Recorded
+        Target::Recorded {}
     };
     let request = ReplayRequest {
         tool: args.tool,

@@ -28,6 +28,7 @@ pub mod plain;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod whole;
 
 pub use catalog::{Catalog, LoadError, Tool, ToolMeta};
 pub use rules::{EvalError, Outcome, Reason};

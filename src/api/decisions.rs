@@ -181,29 +181,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// An `expected_revision`. JSON Schema, and so the API description, counts `2.0` as the integer
-/// 2, so a whole number is read as a revision however it is spelt.
-fn revision_number<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<u32>, D::Error> {
-    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
-        return Ok(None);
-    };
-    let whole = match number.as_u64() {
-        Some(n) => u32::try_from(n).ok(),
-        None => number
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
-            .map(|f| f as u32),
-    };
-    whole.map(Some).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "invalid value: {number}, expected a revision number (a whole number from 0 to {})",
-            u32::MAX
-        ))
-    })
-}
-
 /// A completed form for a case.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -312,7 +289,7 @@ pub struct AmendRequest {
     #[schema(value_type = Object)]
     pub input: Value,
     /// The revision this builds on, if not given as `If-Match`.
-    #[serde(default, deserialize_with = "revision_number")]
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub expected_revision: Option<u32>,
 }
 
@@ -359,7 +336,7 @@ pub struct OverrideRequest {
     /// Why: required, and kept with the decision for ever.
     pub reason: String,
     /// The revision this builds on, if not given as `If-Match`.
-    #[serde(default, deserialize_with = "revision_number")]
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub expected_revision: Option<u32>,
 }
 
@@ -408,7 +385,7 @@ pub async fn decision_override(
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
     /// The revision this builds on, if not given as `If-Match`.
-    #[serde(default, deserialize_with = "revision_number")]
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub expected_revision: Option<u32>,
 }
 

@@ -112,17 +112,15 @@ fn audit_bounds(openapi: &mut OpenApi) {
     let value = property_mut(openapi, "GroupStats", "value");
     value.schema_type = SchemaType::AnyValue;
     // `Target` refuses unknown fields (`deny_unknown_fields`), which the derive does not carry
-    // over to the variants of an internally tagged enum. serde refuses them only in the variants
-    // with fields of their own, not in the unit variant `recorded`, so only those are closed.
+    // over to the variants of an internally tagged enum; every variant is a struct variant, so
+    // serde refuses them in each.
     match component_mut(openapi, "Target") {
         Schema::OneOf(target) => {
             for variant in &mut target.items {
                 match variant {
                     RefOr::T(Schema::Object(variant)) => {
-                        if variant.properties.keys().any(|name| name != "kind") {
-                            variant.additional_properties =
-                                Some(Box::new(AdditionalProperties::FreeForm(false)));
-                        }
+                        variant.additional_properties =
+                            Some(Box::new(AdditionalProperties::FreeForm(false)));
                     }
                     _ => panic!("a variant of Target is not an inline object"),
                 }

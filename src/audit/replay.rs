@@ -40,10 +40,10 @@ pub struct ReplayRequest {
     pub to: Option<String>,
     pub against: Target,
     /// The page of changed decisions to return: skip this many (in journal order)...
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::required")]
     pub offset: usize,
     /// ... and return at most this many (at most 1000).
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_limit", deserialize_with = "crate::whole::required")]
     pub limit: usize,
 }
 
@@ -61,7 +61,8 @@ pub const MAX_REJECTED: usize = 100;
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// Each decision against the version that made it: every outcome must be reproduced exactly.
-    Recorded,
+    /// (An empty struct variant, not a unit one, so that serde refuses fields beside the kind.)
+    Recorded {},
     /// Another stored version of the tool, by digest.
     Version { digest: String },
     /// The version served now (or the stored version `base`), changed as a plugin would change
@@ -305,7 +306,7 @@ fn target_tool(
         Ok(Arc::new(tool))
     };
     match &request.against {
-        Target::Recorded => {
+        Target::Recorded {} => {
             if catalog.get(&request.tool).is_none() && store.versions(&request.tool)?.is_empty() {
                 return Err(ReplayError::UnknownTool(request.tool.clone()));
             }
@@ -498,7 +499,7 @@ impl Partial {
         for ((from, to), count) in &self.matrix {
             matrix[index(from)][index(to)] += count;
         }
-        let recorded = matches!(request.against, Target::Recorded);
+        let recorded = matches!(request.against, Target::Recorded {});
         ReplayReport {
             tool: request.tool.clone(),
             against,

@@ -313,10 +313,17 @@ async fn replay_requests_are_described_as_the_service_checks_them() {
             true,
         ),
         (replay(json!({"limit": 1001})), false),
+        // JSON Schema counts 5.0 as the integer 5; so does the service.
+        (replay(json!({"limit": 5.0, "offset": 0.0})), true),
+        (replay(json!({"limit": 5.5})), false),
         (replay(json!({"to": "tomorrow"})), false),
         (replay(json!({"from": ""})), false),
         (
             replay(json!({"against": {"kind": "version", "digest": "sha256:0", "colour": "blue"}})),
+            false,
+        ),
+        (
+            replay(json!({"against": {"kind": "recorded", "digest": "sha256:0"}})),
             false,
         ),
     ] {
