@@ -76,22 +76,61 @@ pub fn check_filter(filter: &Filter) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Unix milliseconds of a filter time the way [`Filter::in_time`] compares it: truncated to
+/// the millisecond, as `recorded_at` is written.
+fn millis(time: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// The journal's seqs a filter's times allow, `[first, end)`, from the time index; `None`
+/// when no revision is recent enough.
+fn seq_range(store: &dyn Store, filter: &Filter) -> StoreResult<Option<(u64, Option<u64>)>> {
+    let first = match filter.from.as_deref().and_then(millis) {
+        None => 1,
+        Some(from) => match store.first_seq_since(from)? {
+            Some(seq) => seq,
+            None => return Ok(None),
+        },
+    };
+    let end = match filter.to.as_deref().and_then(millis) {
+        None => None,
+        Some(to) => store.first_seq_since(to)?,
+    };
+    Ok(Some((first, end)))
+}
+
 /// Every matching revision as one JSON line (with its newline), lazily, in journal order.
+/// A time filter is a seek: only the revisions recorded in it are read.
 pub fn lines<'a>(
     store: &'a dyn Store,
     filter: Filter,
-) -> impl Iterator<Item = StoreResult<Vec<u8>>> + 'a {
-    let unfiltered = filter.tool.is_none()
-        && filter.level.is_none()
-        && filter.case.is_none()
-        && filter.from.is_none()
-        && filter.to.is_none();
-    store.journal_raw(1).filter_map(move |entry| {
+) -> Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + 'a> {
+    let (first, end) = match seq_range(store, &filter) {
+        Err(e) => return Box::new(std::iter::once(Err(e))),
+        Ok(None) => return Box::new(std::iter::empty()),
+        Ok(Some(range)) => range,
+    };
+    // The range is the time filter (a time that does not parse bounds nothing, so it is
+    // compared as text like every other filter); the rest needs each revision decoded.
+    let unparsed = |time: &Option<String>| time.as_deref().is_some_and(|t| millis(t).is_none());
+    let by_content = filter.tool.is_some()
+        || filter.level.is_some()
+        || filter.case.is_some()
+        || unparsed(&filter.from)
+        || unparsed(&filter.to);
+    let entries = store
+        .journal_raw(first)
+        .take_while(move |entry| match (entry, end) {
+            (Ok((seq, _)), Some(end)) => *seq < end,
+            _ => true,
+        });
+    Box::new(entries.filter_map(move |entry| {
         let result = (|| {
             let (_, bytes) = entry?;
             let entry = Entry::split(&bytes)?;
-            // With no filter every line goes out, and nothing needs decoding.
-            if !unfiltered && !filter.matches(&entry.decode()?) {
+            if by_content && !filter.matches(&entry.decode()?) {
                 return Ok(None);
             }
             let mut line = entry.to_json_with_hash();
@@ -99,5 +138,5 @@ pub fn lines<'a>(
             Ok(Some(line))
         })();
         result.transpose()
-    })
+    }))
 }

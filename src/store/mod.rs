@@ -227,6 +227,11 @@ pub trait Store: Send + Sync + 'static {
     fn snapshot(&self, digest: &str) -> StoreResult<Option<Value>>;
     /// The head of the journal.
     fn head(&self) -> StoreResult<Head>;
+    /// The seq of the first revision recorded at or after `millis` (Unix time in milliseconds),
+    /// from the time index; `None` when every revision is older. Revisions are recorded in
+    /// journal order, so those of `[from, to)` are the seqs from `first_seq_since(from)` up to,
+    /// not including, `first_seq_since(to)`.
+    fn first_seq_since(&self, millis: i64) -> StoreResult<Option<u64>>;
     /// Every revision with `seq >= from`, in journal order, read lazily.
     fn journal(&self, from: u64) -> Box<dyn Iterator<Item = StoreResult<Revision>> + Send>;
     /// The stored entries of every revision with `seq >= from`, in journal order: what `verify`

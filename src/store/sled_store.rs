@@ -13,7 +13,7 @@
 //! | `d` decision 0 revision | seq |
 //! | `c` case 0 first-seq | decision id |
 //! | `t` tool 0 seq | decision id |
-//! | `w` millis seq | (empty): the time index |
+//! | `w` millis seq | (empty): the time index, one entry for the first revision of each millisecond |
 //! | `s` digest | the tool version's snapshot (JSON) |
 //! | `i` subject 0 key | the idempotency record (JSON) |
 //! | `k` token hash | the token record (JSON) |
@@ -135,7 +135,7 @@ impl SledStore {
             dir: dir.to_owned(),
             data_file,
             head,
-            last_millis: 0,
+            last_millis: last_indexed_millis(&db)?,
             known_snapshots,
             usage: HashMap::new(),
             failed: Arc::new(AtomicBool::new(false)),
@@ -246,6 +246,28 @@ impl Store for SledStore {
             .values()
             .map(|v| decode_revision(&v?));
         Box::new(iter)
+    }
+
+    fn first_seq_since(&self, millis: i64) -> StoreResult<Option<u64>> {
+        let start = [b"w".as_slice(), &(millis.max(0) as u64).to_be_bytes()].concat();
+        match self
+            .db
+            .range(start..b"x".to_vec())
+            .keys()
+            .next()
+            .transpose()?
+        {
+            None => Ok(None),
+            Some(key) => {
+                let seq: [u8; 8] =
+                    key.get(9..17)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("time index key {key:?} is not 17 bytes"))
+                        })?;
+                Ok(Some(u64::from_be_bytes(seq)))
+            }
+        }
     }
 
     fn journal_raw(
@@ -443,6 +465,23 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The time of the newest entry of the time index: the newest revision's `recorded_at`, which
+/// no later revision may precede, even if the clock has stepped back since.
+fn last_indexed_millis(db: &sled::Db) -> StoreResult<i64> {
+    match db.scan_prefix(b"w").keys().next_back().transpose()? {
+        None => Ok(0),
+        Some(key) => {
+            let millis: [u8; 8] =
+                key.get(1..9)
+                    .and_then(|m| m.try_into().ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("time index key {key:?} is too short"))
+                    })?;
+            Ok(u64::from_be_bytes(millis) as i64)
+        }
+    }
 }
 
 fn read_head(db: &sled::Db) -> StoreResult<Head> {
@@ -660,8 +699,13 @@ impl Writer {
         ]
         .concat();
         batch.insert(t_key, revision.decision_id.as_bytes());
-        let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
-        batch.insert(w_key, b"".as_slice());
+        // The time index names the first revision of each millisecond. `recorded_at` never
+        // goes back along the journal, so the revisions of a time range are the seqs from the
+        // first at or after its start to the first at or after its end.
+        if millis != self.last_millis {
+            let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
+            batch.insert(w_key, b"".as_slice());
+        }
         if matches!(
             revision.kind,
             RevisionKind::Submitted | RevisionKind::Amended

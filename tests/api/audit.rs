@@ -565,6 +565,95 @@ async fn export_filters_by_recorded_time_from_inclusive_to_exclusive() {
     assert!(!seqs(&to).contains(&3));
 }
 
+/// Three decisions at once, which often share a millisecond, then a pause.
+async fn burst(app: &TestApp, n: usize) {
+    let case = format!("case-{n}");
+    tokio::join!(
+        app.decide(&case, TOOL),
+        app.decide(&case, "threshold"),
+        app.decide(&case, TOOL)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+}
+
+/// Decisions in bursts over many milliseconds, with a restart between them.
+async fn decisions_over_many_milliseconds(app: TestApp) -> TestApp {
+    for n in 0..4 {
+        burst(&app, n).await;
+    }
+    let app = app.restart().await;
+    for n in 4..6 {
+        burst(&app, n).await;
+    }
+    app
+}
+
+#[tokio::test]
+async fn export_of_a_time_window_is_exactly_the_revisions_recorded_in_it() {
+    let app = decisions_over_many_milliseconds(spawn_app().await).await;
+    let all = export(&app, &[]).await;
+    assert_eq!(all.len(), 18);
+    let at = |r: &Value| r["recorded_at"].as_str().unwrap().to_owned();
+    for pair in all.windows(2) {
+        assert!(at(&pair[0]) <= at(&pair[1]), "time goes back: {pair:?}");
+    }
+    let mut times: Vec<String> = all.iter().map(at).collect();
+    times.dedup();
+    assert!(
+        times.len() >= 6,
+        "the bursts share too few milliseconds: {times:?}"
+    );
+
+    // The same instants, written with microseconds (truncated to the millisecond, as stored)
+    // and with an offset.
+    let with_micros = |t: &str| t.replace('Z', "999Z");
+    let with_offset = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+    };
+    for from in &times {
+        for to in &times {
+            let expected = seqs_where(&all, |r| at(r) >= *from && at(r) < *to);
+            for (f, t) in [
+                (from.clone(), to.clone()),
+                (with_micros(from), with_micros(to)),
+                (with_offset(from), with_offset(to)),
+            ] {
+                let window = export(&app, &[("from", &f), ("to", &t)]).await;
+                assert_eq!(seqs(&window), expected, "from {f} to {t}");
+            }
+        }
+        let since = export(&app, &[("from", from)]).await;
+        assert_eq!(
+            seqs(&since),
+            seqs_where(&all, |r| at(r) >= *from),
+            "from {from}"
+        );
+        let until = export(&app, &[("to", from)]).await;
+        assert_eq!(
+            seqs(&until),
+            seqs_where(&all, |r| at(r) < *from),
+            "to {from}"
+        );
+    }
+    // After the last revision, and before the first.
+    assert!(export(&app, &[("from", "2999-01-01T00:00:00Z")])
+        .await
+        .is_empty());
+    assert!(export(&app, &[("to", "2000-01-01T00:00:00Z")])
+        .await
+        .is_empty());
+    // Time and content together.
+    let window = export(&app, &[("from", &times[1]), ("tool", "threshold")]).await;
+    assert_eq!(
+        seqs(&window),
+        seqs_where(&all, |r| at(r) >= times[1]
+            && r["tool"]["id"] == "threshold")
+    );
+}
+
 #[tokio::test]
 async fn export_with_a_from_that_is_not_a_time_is_a_400_naming_it() {
     let app = spawn_app().await;
