@@ -276,7 +276,8 @@ pub fn disparity(
 /// RFC 8785 canonical JSON: the grouping key, equal for values that differ only in key order or
 /// number spelling.
 fn canonical(value: &Value) -> String {
-    serde_json_canonicalizer::to_string(value).unwrap_or_else(|_| value.to_string())
+    canon_json::CanonJsonSerialize::to_canon_json_string(value)
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// The `[from, to)` filter on `recorded_at`.

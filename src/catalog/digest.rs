@@ -12,7 +12,7 @@ pub(crate) fn snapshot(schema: &Value, rules: &str, params: &Value, plugins: &[V
 
 /// `sha256:<hex>` of the canonical form of `value`.
 pub fn digest(value: &Value) -> String {
-    let canonical = serde_json_canonicalizer::to_vec(value)
+    let canonical = canon_json::CanonJsonSerialize::to_canon_json_vec(value)
         .expect("a serde_json::Value always serialises to canonical JSON");
     format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
 }

@@ -1,6 +1,11 @@
 //! Form validation: a tool's JSON Schema (draft 2020-12) compiled once, and every violation of a
 //! submitted form reported as `{path, message}` with `path` a JSON Pointer into the form.
 //!
+//! Beyond its schema, a form may hold no integer that a JSON reader cannot hold exactly (beyond
+//! ±(2^53 − 1), the I-JSON limit of RFC 7493): the service stores forms as RFC 8785 canonical
+//! JSON, which is defined over IEEE doubles, so such a number could not be stored as sent, nor
+//! its hash checked by others.
+//!
 //! Schemas resolve `$ref` only inside their own document. The crate is built without its
 //! network and file features, and the validator is also given a retriever that refuses every
 //! external reference, so a form schema can never make the service fetch anything.
@@ -12,6 +17,51 @@ use serde_json::Value;
 /// The JSON Pointer of field `name` of the object at `parent`.
 fn child(parent: &str, name: &str) -> String {
     format!("{parent}/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// The largest magnitude of an integer every JSON reader holds exactly: 2^53 - 1.
+pub const MAX_EXACT_INTEGER: u64 = 9_007_199_254_740_991;
+
+/// Whether `n` is held exactly by an IEEE double (every float is; an integer within ±(2^53 - 1)).
+fn exact(n: &serde_json::Number) -> bool {
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u <= MAX_EXACT_INTEGER,
+        (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT_INTEGER,
+        _ => true,
+    }
+}
+
+/// Whether every number in `value` is [`exact`].
+fn all_exact(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => exact(n),
+        Value::Array(items) => items.iter().all(all_exact),
+        Value::Object(fields) => fields.values().all(all_exact),
+        _ => true,
+    }
+}
+
+/// A violation for every number in `value` (at JSON Pointer `path`) that is not [`exact`].
+fn inexact_numbers(value: &Value, path: &str, out: &mut Vec<Violation>) {
+    match value {
+        Value::Number(n) if !exact(n) => out.push(Violation {
+            path: path.to_owned(),
+            message: format!(
+                "{n} is too large to be stored exactly: whole numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
+            ),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                inexact_numbers(item, &format!("{path}/{i}"), out);
+            }
+        }
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                inexact_numbers(field, &child(path, name), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One way a submitted form breaks its schema.
@@ -132,12 +182,13 @@ impl Form {
                 }),
             }
         }
+        inexact_numbers(input, "", &mut out);
         out
     }
 
     /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
     pub fn is_valid(&self, input: &Value) -> bool {
-        self.validator.is_valid(input)
+        self.validator.is_valid(input) && all_exact(input)
     }
 }
 
@@ -177,6 +228,28 @@ mod tests {
         let input = json!({"age": 3, "people": [{"name": "a"}]});
         assert!(f.violations(&input).is_empty());
         assert!(f.is_valid(&input));
+    }
+
+    #[test]
+    fn an_integer_a_json_reader_cannot_hold_exactly_is_refused_at_its_pointer() {
+        let f = form();
+        let edge =
+            json!({"age": MAX_EXACT_INTEGER, "people": [{"name": "a", "n": -9007199254740991i64}]});
+        assert!(f.is_valid(&edge), "{:?}", f.violations(&edge));
+        assert!(f.violations(&edge).is_empty());
+
+        let beyond =
+            json!({"age": MAX_EXACT_INTEGER + 1, "people": [{"name": "a", "n/x": i64::MIN}]});
+        assert!(!f.is_valid(&beyond));
+        let v = f.violations(&beyond);
+        let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(paths, ["/age", "/people/0/n~1x"], "{v:?}");
+        assert!(
+            v[0].message.contains("9007199254740992 is too large"),
+            "{v:?}"
+        );
+        // Floats are doubles already.
+        assert!(f.is_valid(&json!({"age": 3, "people": [{"name": "a", "x": 1e300}]})));
     }
 
     #[test]

@@ -326,7 +326,8 @@ mod tests {
         let n = number(&Dynamic::from_float(3.0)).unwrap();
         assert_eq!(n, Number::from(3));
         let back: Number =
-            serde_json::from_slice(&serde_json_canonicalizer::to_vec(&n).unwrap()).unwrap();
+            serde_json::from_slice(&canon_json::CanonJsonSerialize::to_canon_json_vec(&n).unwrap())
+                .unwrap();
         assert_eq!(back, n);
         assert_eq!(number(&Dynamic::from_float(2.5)), Number::from_f64(2.5));
     }

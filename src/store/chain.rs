@@ -106,8 +106,11 @@ impl Prepared {
     }
 }
 
+/// RFC 8785 canonical JSON (`canon-json`; `tests/api/engine.rs` checks it against a second,
+/// independent implementation).
 fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json_canonicalizer::to_vec(value).expect("revision fields always serialise")
+    canon_json::CanonJsonSerialize::to_canon_json_vec(value)
+        .expect("revision fields always serialise")
 }
 
 /// A stored journal entry: the hash on the first line, then the canonical bytes it covers.

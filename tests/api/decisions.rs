@@ -100,6 +100,34 @@ async fn evaluate_of_an_invalid_form_is_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_whole_number_no_json_reader_holds_exactly_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let mut input = valid_input("monitoring-review");
+    input["safety_scale_now"] = json!(9_007_199_254_740_993u64);
+
+    let response = app
+        .submit("case-1", "monitoring-review", &input, Role::Practitioner)
+        .await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    let errors = body["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["path"] == "/safety_scale_now"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("too large to be stored exactly")),
+        "{body}"
+    );
+    app.assert_journal_empty().await;
+}
+
+#[tokio::test]
 async fn evaluate_of_an_unknown_tool_is_404() {
     let app = spawn_app().await;
 

@@ -6,6 +6,7 @@
 
 mod audit;
 mod auth;
+mod canonical;
 mod cases;
 mod cli;
 mod common;
