@@ -258,15 +258,7 @@ impl Store for SledStore {
             .transpose()?
         {
             None => Ok(None),
-            Some(key) => {
-                let seq: [u8; 8] =
-                    key.get(9..17)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!("time index key {key:?} is not 17 bytes"))
-                        })?;
-                Ok(Some(u64::from_be_bytes(seq)))
-            }
+            Some(key) => time_key_part(&key, 9..17).map(Some),
         }
     }
 
@@ -467,20 +459,20 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The big-endian number at `part` of a time index key (`w`, millis, seq).
+fn time_key_part(key: &[u8], part: std::ops::Range<usize>) -> StoreResult<u64> {
+    key.get(part)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("time index key {key:?} is not 17 bytes")))
+}
+
 /// The time of the newest entry of the time index: the newest revision's `recorded_at`, which
 /// no later revision may precede, even if the clock has stepped back since.
 fn last_indexed_millis(db: &sled::Db) -> StoreResult<i64> {
     match db.scan_prefix(b"w").keys().next_back().transpose()? {
         None => Ok(0),
-        Some(key) => {
-            let millis: [u8; 8] =
-                key.get(1..9)
-                    .and_then(|m| m.try_into().ok())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("time index key {key:?} is too short"))
-                    })?;
-            Ok(u64::from_be_bytes(millis) as i64)
-        }
+        Some(key) => time_key_part(&key, 1..9).map(|millis| millis as i64),
     }
 }
 
