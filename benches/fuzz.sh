@@ -185,7 +185,7 @@ operations() {
     supervisor) echo decision_submit decision_amend decision_override decision_approve dashboard_get ;;
     auditor) echo versions_list version_get audit_replay audit_export audit_verify audit_disparity \
                   dashboard_get ;;
-    admin) echo versions_list version_get catalog_reload ;;
+    admin) echo versions_list version_get catalog_reload tokens_list token_create token_revoke ;;
     *) echo "unknown role $1" >&2; exit 2 ;;
   esac
 }

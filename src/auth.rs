@@ -79,6 +79,21 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
 }
 
+/// Whether `subject` may name a token's holder: it is recorded as the actor of everything done
+/// with the token, so it must be a short, printable, non-blank name.
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.trim().is_empty() {
+        return Err("the subject must name who holds the token".into());
+    }
+    if subject.chars().count() > 128 {
+        return Err("the subject is longer than 128 characters".into());
+    }
+    if subject.chars().any(char::is_control) {
+        return Err("the subject may not contain control characters".into());
+    }
+    Ok(())
+}
+
 /// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
 pub const ID_LEN: usize = 12;
 
@@ -186,6 +201,11 @@ impl Tokens {
         self.records.push(record);
     }
 
+    /// Stops accepting the token with this hash, at once.
+    pub fn remove(&mut self, hash: &str) {
+        self.records.retain(|r| r.hash != hash);
+    }
+
     /// The record for `token`, comparing against every stored hash in constant time so the
     /// time taken says nothing about which hash (or how much of one) matched.
     pub fn authenticate(&self, token: &str) -> Option<&TokenRecord> {
@@ -270,6 +290,15 @@ mod tests {
             revoke(&revoked, "abcdef01"),
             Err(RevokeError::AlreadyRevoked(..))
         ));
+    }
+
+    #[test]
+    fn a_subject_is_a_short_printable_name() {
+        assert!(check_subject("pat.smith").is_ok());
+        assert!(check_subject("Pat Smith (duty team)").is_ok());
+        for bad in ["", "   ", "a\nb", "tab\there", &"x".repeat(129)] {
+            assert!(check_subject(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn open_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStore> {
 }
 
 fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
+    auth::check_subject(subject).map_err(anyhow::Error::msg)?;
     let store = open_stopped_store(file)?;
     let (token, record) = auth::issue(role, subject);
     store.put_token(&record)?;

@@ -1,12 +1,17 @@
-//! Admin routes: reloading the catalog from disk.
+//! Admin routes: reloading the catalog from disk, and issuing and revoking tokens while the
+//! service runs.
 
-use axum::extract::State;
-use serde::Serialize;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{Admins, Authorized};
 use super::tools::{summary, ToolSummary};
 use super::{ApiError, AppState, Json};
+use crate::auth::{self, RevokeError, Role, TokenRecord};
 use crate::catalog::Catalog;
 use crate::forms::Violation;
 
@@ -67,4 +72,156 @@ pub async fn catalog_reload(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     tracing::info!(changed = ?changed, "catalog reloaded");
     Ok(Json(Reloaded { tools, changed }))
+}
+
+/// A token as an admin sees it: who holds it and since when, never the token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    /// The first 12 hex digits of the token's SHA-256: how it is named to revoke it.
+    pub id: String,
+    pub role: Role,
+    /// Who holds it: the actor of everything done with it.
+    pub subject: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(r: &TokenRecord) -> Self {
+        TokenView {
+            id: r.id().to_owned(),
+            role: r.role,
+            subject: r.subject.clone(),
+            created_at: r.created_at.clone(),
+            revoked_at: r.revoked_at.clone(),
+        }
+    }
+}
+
+/// A token to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub role: Role,
+    /// Who will hold it (1-128 printable characters).
+    pub subject: String,
+}
+
+/// A token just created: the only time the token itself is ever shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub record: TokenView,
+    /// The bearer token. Only its hash is stored: keep it now, it cannot be shown again.
+    pub token: String,
+}
+
+/// Every token ever issued, revoked ones included, oldest first.
+#[utoipa::path(get, path = "/v1/admin/tokens", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every token, without the tokens themselves", body = [TokenView]),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn tokens_list(
+    _caller: Authorized<Admins>,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let mut records = state
+        .decisions
+        .store()
+        .tokens()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
+    Ok(Json(records.iter().map(TokenView::from).collect()))
+}
+
+/// Create a token; it is accepted at once. The answer is the only place the token appears.
+#[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", security(("bearer" = [])),
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token, shown this once", body = CreatedToken),
+        (status = 400, description = "Malformed request, or a subject that is blank, too long or has control characters", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn token_create(
+    _caller: Authorized<Admins>,
+    State(state): State<AppState>,
+    Json(request): Json<NewToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    auth::check_subject(&request.subject).map_err(|m| ApiError::invalid("/subject", m))?;
+    let (token, record) = auth::issue(request.role, &request.subject);
+    let _writing = state.token_writes.lock().await;
+    let store = Arc::clone(state.decisions.store());
+    let stored = record.clone();
+    // Durable (flushed and fdatasync'd) before the token is accepted or shown.
+    tokio::task::spawn_blocking(move || store.put_token(&stored))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .tokens
+        .write()
+        .expect("token lock poisoned")
+        .add(record.clone());
+    tracing::info!(id = record.id(), role = %record.role, subject = %record.subject, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            record: TokenView::from(&record),
+            token,
+        }),
+    ))
+}
+
+/// Revoke a token: it is refused from now on. Its record is kept, so who held it stays on
+/// record. The last admin token that is not revoked cannot be revoked.
+#[utoipa::path(post, path = "/v1/admin/tokens/{id}/revoke", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The token's id from GET /v1/admin/tokens (or a longer prefix of its hash)")),
+    responses(
+        (status = 200, description = "The token, revoked", body = TokenView),
+        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No token has this id", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already revoked, the id names more than one token, or it is the last admin token", body = super::Problem, content_type = "application/problem+json"),
+))]
+pub async fn token_revoke(
+    _caller: Authorized<Admins>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    let _writing = state.token_writes.lock().await;
+    let store = Arc::clone(state.decisions.store());
+    let records = store
+        .tokens()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let revoked = auth::revoke(&records, &id).map_err(|e| match e {
+        RevokeError::Unknown(id) => ApiError::UnknownToken(id),
+        other => ApiError::TokenConflict(other.to_string()),
+    })?;
+    let admins_left = records
+        .iter()
+        .filter(|r| r.role == Role::Admin && r.revoked_at.is_none() && r.hash != revoked.hash)
+        .count();
+    if revoked.role == Role::Admin && admins_left == 0 {
+        return Err(ApiError::TokenConflict(
+            "this is the last admin token: create another admin token first".into(),
+        ));
+    }
+    let stored = revoked.clone();
+    tokio::task::spawn_blocking(move || store.put_token(&stored))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .tokens
+        .write()
+        .expect("token lock poisoned")
+        .remove(&revoked.hash);
+    tracing::info!(id = revoked.id(), role = %revoked.role, subject = %revoked.subject, "token revoked");
+    Ok(Json(TokenView::from(&revoked)))
 }

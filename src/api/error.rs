@@ -62,6 +62,10 @@ pub enum ApiError {
     ToolFailed(String),
     #[error("the catalog on disk has {} problem(s); the catalog in force keeps serving", .0.len())]
     CatalogInvalid(Vec<Violation>),
+    #[error("no token has the id {0:?}")]
+    UnknownToken(String),
+    #[error("{0}")]
+    TokenConflict(String),
     #[error("the service is not ready")]
     Unavailable,
     #[error("something went wrong on our side; it has been logged")]
@@ -179,6 +183,12 @@ impl ApiError {
                 "catalog-invalid",
                 "The catalog has problems",
                 StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            UnknownToken(_) => ("unknown-token", "Unknown token", StatusCode::NOT_FOUND),
+            TokenConflict(_) => (
+                "token-conflict",
+                "The token cannot be changed so",
+                StatusCode::CONFLICT,
             ),
             Unavailable => (
                 "unavailable",

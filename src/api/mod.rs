@@ -45,6 +45,9 @@ pub struct AppState {
     pub body_limit: usize,
     /// Where the catalog is reloaded from.
     pub tools_dir: std::path::PathBuf,
+    /// Held while a token is created or revoked, so that two revocations cannot both see the
+    /// other admin token and leave none.
+    pub token_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             tokens: Arc::new(RwLock::new(tokens)),
             ready: Arc::new(AtomicBool::new(true)),
             body_limit,
+            token_writes: Arc::default(),
         }
     }
 }
@@ -131,6 +135,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::decision_override))
         .routes(routes!(decisions::decision_approve))
         .routes(routes!(admin::catalog_reload))
+        .routes(routes!(admin::tokens_list, admin::token_create))
+        .routes(routes!(admin::token_revoke))
         .routes(routes!(audit::versions_list))
         .routes(routes!(audit::version_get))
         .routes(routes!(audit::audit_replay))

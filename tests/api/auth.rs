@@ -123,6 +123,28 @@ async fn routes(app: &TestApp) -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/v1/admin/tokens".into(),
+            None,
+            ADMINS,
+            StatusCode::OK,
+        ),
+        route(
+            Method::POST,
+            "/v1/admin/tokens".into(),
+            Some(json!({"role": "practitioner", "subject": "table"})),
+            ADMINS,
+            StatusCode::CREATED,
+        ),
+        // No token has this id: an allowed caller gets 404 and nothing is revoked.
+        route(
+            Method::POST,
+            "/v1/admin/tokens/000000000000/revoke".into(),
+            None,
+            ADMINS,
+            StatusCode::NOT_FOUND,
+        ),
+        route(
+            Method::GET,
             format!("/v1/tools/{TOOL}/versions"),
             None,
             VERSION_READERS,
@@ -287,4 +309,152 @@ async fn a_refused_role_writes_nothing() {
     }
     assert!(app.case_decisions("case-1").await.is_empty());
     app.assert_journal_empty().await;
+}
+
+/// The tokens an admin sees, by subject.
+async fn listed_tokens(app: &TestApp) -> Vec<Value> {
+    crate::common::array_of(app.get("/v1/admin/tokens", Role::Admin).await).await
+}
+
+fn token_of<'a>(tokens: &'a [Value], subject: &str) -> &'a Value {
+    tokens
+        .iter()
+        .find(|t| t["subject"] == subject)
+        .unwrap_or_else(|| panic!("no token for {subject} in {tokens:?}"))
+}
+
+#[tokio::test]
+async fn an_admin_creates_a_token_that_works_at_once_and_after_a_restart() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_json(
+            "/v1/admin/tokens",
+            Role::Admin,
+            &json!({"role": "auditor", "subject": "quality team"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(created["role"], "auditor");
+    assert_eq!(created["id"].as_str().unwrap().len(), 12);
+
+    let reads = |app: &TestApp, token: String| {
+        app.request(Method::GET, "/v1/audit/verify", Some(&token))
+            .send()
+    };
+    assert_eq!(
+        reads(&app, token.clone()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Listed with its id, never with the token.
+    let tokens = listed_tokens(&app).await;
+    assert_eq!(token_of(&tokens, "quality team")["id"], created["id"]);
+    assert!(!serde_json::to_string(&tokens).unwrap().contains(&token));
+
+    let app = app.restart().await;
+    assert_eq!(reads(&app, token).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_subject_that_is_blank_or_has_control_characters_is_400_naming_it() {
+    let app = spawn_app().await;
+    for subject in ["  ", "pat\nsmith"] {
+        let response = app
+            .post_json(
+                "/v1/admin/tokens",
+                Role::Admin,
+                &json!({"role": "practitioner", "subject": subject}),
+            )
+            .await;
+        let body = problem(
+            response,
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-request",
+        )
+        .await;
+        assert_eq!(crate::common::error_paths(&body), ["/subject"], "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_and_the_last_admin_token_cannot_be_revoked() {
+    let app = spawn_app().await;
+    let practitioner = token_of(&listed_tokens(&app).await, "pat-practitioner")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let revoke = |id: String| {
+        let app = &app;
+        async move {
+            app.post_json(
+                &format!("/v1/admin/tokens/{id}/revoke"),
+                Role::Admin,
+                &json!({}),
+            )
+            .await
+        }
+    };
+    let response = revoke(practitioner.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let revoked: Value = response.json().await.unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    // Refused at once, without a restart; other tokens still work.
+    problem(
+        app.get("/v1/tools", Role::Practitioner).await,
+        StatusCode::UNAUTHORIZED,
+        "/problems/unauthorized",
+    )
+    .await;
+    assert_eq!(
+        app.get("/v1/tools", Role::Auditor).await.status(),
+        StatusCode::OK
+    );
+    assert!(token_of(&listed_tokens(&app).await, "pat-practitioner")["revoked_at"].is_string());
+
+    problem(
+        revoke(practitioner).await,
+        StatusCode::CONFLICT,
+        "/problems/token-conflict",
+    )
+    .await;
+    problem(
+        revoke("abcdef012345".into()).await,
+        StatusCode::NOT_FOUND,
+        "/problems/unknown-token",
+    )
+    .await;
+
+    // Two admin tokens: the one the store made on its first start, and the caller's. The first
+    // can go; the caller's is then the last.
+    let tokens = listed_tokens(&app).await;
+    let first_run = token_of(&tokens, "admin")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let own = token_of(&tokens, "ada-admin")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(revoke(first_run).await.status(), StatusCode::OK);
+    let body = problem(
+        revoke(own).await,
+        StatusCode::CONFLICT,
+        "/problems/token-conflict",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("last admin token"),
+        "{body}"
+    );
+    assert_eq!(
+        app.get("/v1/admin/tokens", Role::Admin).await.status(),
+        StatusCode::OK
+    );
 }
