@@ -104,7 +104,12 @@ impl From<&TokenRecord> for TokenView {
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub role: Role,
-    /// Who will hold it (1-128 printable characters).
+    /// Who will hold it: 1-128 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f ][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub subject: String,
 }
 

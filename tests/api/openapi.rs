@@ -293,6 +293,35 @@ async fn export_filters_are_described_as_the_service_checks_them() {
 }
 
 #[tokio::test]
+async fn new_tokens_are_described_as_the_service_checks_them() {
+    let app = spawn_app().await;
+    let doc = description(&app).await;
+    let schema = request_schema(&doc, "post", "/v1/admin/tokens");
+
+    for (subject, accepted) in [
+        ("pat.smith".to_owned(), true),
+        (" Pat Smith (duty) ".to_owned(), true),
+        ("é".repeat(128), true),
+        (String::new(), false),
+        ("   ".to_owned(), false),
+        ("pat\nsmith".to_owned(), false),
+        ("pat\u{85}".to_owned(), false),
+        ("x".repeat(129), false),
+    ] {
+        let body = json!({"role": "practitioner", "subject": subject});
+        let response = app.post_json("/v1/admin/tokens", Role::Admin, &body).await;
+
+        assert_eq!(
+            response.status() == StatusCode::CREATED,
+            accepted,
+            "{body}: {}",
+            response.text().await.unwrap()
+        );
+        check(&doc, &schema, &body, accepted, "the subject");
+    }
+}
+
+#[tokio::test]
 async fn replay_requests_are_described_as_the_service_checks_them() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
