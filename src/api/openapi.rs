@@ -1,23 +1,21 @@
 //! What the derives cannot say about the API, added to its description in one place: the shape
 //! of every case and decision id in a path, the form of the `Idempotency-Key` and `If-Match`
-//! headers, and the bounds of the audit requests. Each constraint restates a check the service
-//! makes (the patterns sit beside the checks in `decisions.rs`), so that a client, or a fuzzer,
-//! reading the description sends what the service accepts, and the service refuses what the
-//! description rules out.
+//! headers, the time format of the export filter, and the closed variants of a replay target
+//! (the audit request bodies carry their bounds on their own derives). Each constraint restates
+//! a check the service makes (the patterns sit beside the checks in `decisions.rs`), so that a
+//! client, or a fuzzer, reading the description sends what the service accepts, and the service
+//! refuses what the description rules out.
 //!
-//! A constraint on a schema property panics when the description is built (every test builds
-//! it) if the property is gone, so a renamed field cannot silently lose its constraint; those on
-//! parameters are pinned by `tests/api/openapi.rs`, which also checks that the service agrees.
+//! The constraints on parameters are pinned by `tests/api/openapi.rs`, which also checks that
+//! the service agrees.
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterIn};
 use utoipa::openapi::schema::{
-    AdditionalProperties, KnownFormat, Object, ObjectBuilder, Schema, SchemaFormat, SchemaType,
-    Type,
+    AdditionalProperties, KnownFormat, Object, ObjectBuilder, Schema, SchemaFormat, Type,
 };
 use utoipa::openapi::{OpenApi, RefOr};
 
 use super::decisions::{IDEMPOTENCY_KEY_PATTERN, ID_MAX_LENGTH, ID_PATTERN, IF_MATCH_PATTERN};
-use crate::audit::replay::MAX_LIMIT;
 
 /// Applied to the description once the routes are in it (see `api::routes`).
 pub(super) struct Constraints;
@@ -89,28 +87,8 @@ fn date_time(parameter: &Parameter) -> Object {
     schema
 }
 
-/// What the audit types' derives leave out: the bounds the audit routes check on their request
-/// bodies, the any-JSON value of a disparity group, and the closed variants of a replay target.
-/// All but the last belong on the types' `ToSchema` derives in `audit/`
-/// (`#[schema(format = DateTime)]`, `#[schema(pattern = ...)]`, `#[schema(maximum = 1000)]`,
-/// `#[schema(value_type = Value)]`), and move there when that module next changes.
+/// What the audit types' derives cannot say: the closed variants of a replay target.
 fn audit_bounds(openapi: &mut OpenApi) {
-    for (schema, property) in [
-        ("ReplayRequest", "from"),
-        ("ReplayRequest", "to"),
-        ("DisparityRequest", "from"),
-        ("DisparityRequest", "to"),
-    ] {
-        property_mut(openapi, schema, property).format =
-            Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
-    }
-    property_mut(openapi, "ReplayRequest", "limit").maximum = Some(utoipa::Number::UInt(MAX_LIMIT));
-    // Disparity names its tool (not blank) and a JSON Pointer into the form.
-    property_mut(openapi, "DisparityRequest", "tool").pattern = Some(r"\S".to_owned());
-    property_mut(openapi, "DisparityRequest", "field").pattern = Some("^/".to_owned());
-    // A group's value is the form field's value: any JSON, null included.
-    let value = property_mut(openapi, "GroupStats", "value");
-    value.schema_type = SchemaType::AnyValue;
     // `Target` refuses unknown fields (`deny_unknown_fields`), which the derive does not carry
     // over to the variants of an internally tagged enum; every variant is a struct variant, so
     // serde refuses them in each.
@@ -138,16 +116,5 @@ fn component_mut<'a>(openapi: &'a mut OpenApi, schema: &str) -> &'a mut Schema {
     match found {
         Some(RefOr::T(schema)) => schema,
         _ => panic!("the API description has no inline schema {schema}"),
-    }
-}
-
-fn property_mut<'a>(openapi: &'a mut OpenApi, schema: &str, property: &str) -> &'a mut Object {
-    let found = match component_mut(openapi, schema) {
-        Schema::Object(object) => object.properties.get_mut(property),
-        _ => None,
-    };
-    match found {
-        Some(RefOr::T(Schema::Object(object))) => object,
-        _ => panic!("the API description has no property {schema}.{property}"),
     }
 }

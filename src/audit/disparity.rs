@@ -30,15 +30,19 @@ pub const SMALL_GROUP: u64 = 10;
 #[serde(deny_unknown_fields)]
 pub struct DisparityRequest {
     /// The tool whose decisions are compared.
+    #[schema(pattern = r"\S")]
     pub tool: String,
     /// JSON Pointer into the form, e.g. "/ethnicity"
+    #[schema(pattern = "^/")]
     pub field: String,
     /// RFC 3339; only decisions whose latest revision was recorded at or after this instant.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; only decisions whose latest revision was recorded before this instant
     /// (exclusive, so consecutive periods do not overlap).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub to: Option<String>,
 }
 
@@ -127,7 +131,7 @@ pub struct GroupStats {
     /// The field's value (null when the form leaves it out or sets it to null). Arrays and
     /// objects are grouped by their canonical JSON (RFC 8785), so key order and number spelling
     /// do not split a group.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub value: Value,
     /// Decisions in the group.
     pub n: u64,

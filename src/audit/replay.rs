@@ -34,9 +34,11 @@ pub struct ReplayRequest {
     pub case: Option<String>,
     /// Only decisions whose latest revision was recorded at or after this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub from: Option<String>,
     /// ... and before this time.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub to: Option<String>,
     pub against: Target,
     /// The page of changed decisions to return: skip this many (in journal order)...
@@ -44,6 +46,7 @@ pub struct ReplayRequest {
     pub offset: usize,
     /// ... and return at most this many (at most 1000).
     #[serde(default = "default_limit", deserialize_with = "crate::whole::required")]
+    #[schema(maximum = 1000)]
     pub limit: usize,
 }
 
