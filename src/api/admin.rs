@@ -161,13 +161,7 @@ pub async fn token_create(
     auth::check_subject(&request.subject).map_err(|m| ApiError::invalid("/subject", m))?;
     let (token, record) = auth::issue(request.role, &request.subject);
     let _writing = state.token_writes.lock().await;
-    let store = Arc::clone(state.decisions.store());
-    let stored = record.clone();
-    // Durable (flushed and fdatasync'd) before the token is accepted or shown.
-    tokio::task::spawn_blocking(move || store.put_token(&stored))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    store_token(&state, &record).await?;
     state
         .tokens
         .write()
@@ -200,8 +194,9 @@ pub async fn token_revoke(
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let _writing = state.token_writes.lock().await;
-    let store = Arc::clone(state.decisions.store());
-    let records = store
+    let records = state
+        .decisions
+        .store()
         .tokens()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let revoked = auth::revoke(&records, &id).map_err(|e| match e {
@@ -217,11 +212,7 @@ pub async fn token_revoke(
             "this is the last admin token: create another admin token first".into(),
         ));
     }
-    let stored = revoked.clone();
-    tokio::task::spawn_blocking(move || store.put_token(&stored))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    store_token(&state, &revoked).await?;
     state
         .tokens
         .write()
@@ -229,4 +220,15 @@ pub async fn token_revoke(
         .remove(&revoked.hash);
     tracing::info!(id = revoked.id(), role = %revoked.role, subject = %revoked.subject, "token revoked");
     Ok(Json(TokenView::from(&revoked)))
+}
+
+/// Stores a token record durably (flushed and fdatasync'd), off the async threads, before the
+/// caller changes which tokens are accepted or answers.
+async fn store_token(state: &AppState, record: &TokenRecord) -> Result<(), ApiError> {
+    let store = Arc::clone(state.decisions.store());
+    let record = record.clone();
+    tokio::task::spawn_blocking(move || store.put_token(&record))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

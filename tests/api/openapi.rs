@@ -85,6 +85,32 @@ fn check(doc: &Value, schema: &Value, value: &Value, accepted: bool, what: &str)
     );
 }
 
+/// Posts each body to `path` as `role`: the service must answer `success` exactly for the bodies
+/// marked accepted, and the description of the request body must allow exactly those.
+async fn bodies_agree(
+    app: &TestApp,
+    path: &str,
+    role: Role,
+    success: StatusCode,
+    cases: impl IntoIterator<Item = (Value, bool)>,
+    what: &str,
+) {
+    let doc = description(app).await;
+    let schema = request_schema(&doc, "post", path);
+    for (body, accepted) in cases {
+        let response = app.post_json(path, role, &body).await;
+
+        let status = response.status();
+        assert_eq!(
+            status == success,
+            accepted,
+            "{body}: {status} {}",
+            response.text().await.unwrap()
+        );
+        check(&doc, &schema, &body, accepted, what);
+    }
+}
+
 #[tokio::test]
 async fn tools_and_their_stages_are_answered_as_described() {
     let app = spawn_app().await;
@@ -295,10 +321,7 @@ async fn export_filters_are_described_as_the_service_checks_them() {
 #[tokio::test]
 async fn new_tokens_are_described_as_the_service_checks_them() {
     let app = spawn_app().await;
-    let doc = description(&app).await;
-    let schema = request_schema(&doc, "post", "/v1/admin/tokens");
-
-    for (subject, accepted) in [
+    let subjects = [
         ("pat.smith".to_owned(), true),
         (" Pat Smith (duty) ".to_owned(), true),
         ("é".repeat(128), true),
@@ -307,26 +330,29 @@ async fn new_tokens_are_described_as_the_service_checks_them() {
         ("pat\nsmith".to_owned(), false),
         ("pat\u{85}".to_owned(), false),
         ("x".repeat(129), false),
-    ] {
-        let body = json!({"role": "practitioner", "subject": subject});
-        let response = app.post_json("/v1/admin/tokens", Role::Admin, &body).await;
-
-        assert_eq!(
-            response.status() == StatusCode::CREATED,
+    ];
+    let cases = subjects.map(|(subject, accepted)| {
+        (
+            json!({"role": "practitioner", "subject": subject}),
             accepted,
-            "{body}: {}",
-            response.text().await.unwrap()
-        );
-        check(&doc, &schema, &body, accepted, "the subject");
-    }
+        )
+    });
+
+    bodies_agree(
+        &app,
+        "/v1/admin/tokens",
+        Role::Admin,
+        StatusCode::CREATED,
+        cases,
+        "the subject",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn replay_requests_are_described_as_the_service_checks_them() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
-    let doc = description(&app).await;
-    let schema = request_schema(&doc, "post", "/v1/audit/replay");
     let replay = |changes: Value| {
         let mut body = json!({"tool": TOOL, "against": {"kind": "recorded"}});
         body.as_object_mut()
@@ -335,7 +361,7 @@ async fn replay_requests_are_described_as_the_service_checks_them() {
         body
     };
 
-    for (body, accepted) in [
+    let cases = [
         (replay(json!({})), true),
         (
             replay(json!({"limit": 1000, "from": "2020-01-01T00:00:00Z"})),
@@ -355,29 +381,24 @@ async fn replay_requests_are_described_as_the_service_checks_them() {
             replay(json!({"against": {"kind": "recorded", "digest": "sha256:0"}})),
             false,
         ),
-    ] {
-        let response = app
-            .post_json("/v1/audit/replay", Role::Auditor, &body)
-            .await;
+    ];
 
-        assert_eq!(
-            response.status() == StatusCode::OK,
-            accepted,
-            "{body}: {}",
-            response.status()
-        );
-        check(&doc, &schema, &body, accepted, "the replay");
-    }
+    bodies_agree(
+        &app,
+        "/v1/audit/replay",
+        Role::Auditor,
+        StatusCode::OK,
+        cases,
+        "the replay",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn disparity_requests_are_described_as_the_service_checks_them() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
-    let doc = description(&app).await;
-    let schema = request_schema(&doc, "post", "/v1/audit/disparity");
-
-    for (body, accepted) in [
+    let cases = [
         (json!({"tool": TOOL, "field": "/severity"}), true),
         (
             json!({"tool": TOOL, "field": "/severity", "from": "2020-01-01T00:00:00Z"}),
@@ -389,19 +410,17 @@ async fn disparity_requests_are_described_as_the_service_checks_them() {
             json!({"tool": TOOL, "field": "/severity", "to": "soon"}),
             false,
         ),
-    ] {
-        let response = app
-            .post_json("/v1/audit/disparity", Role::Auditor, &body)
-            .await;
+    ];
 
-        assert_eq!(
-            response.status() == StatusCode::OK,
-            accepted,
-            "{body}: {}",
-            response.status()
-        );
-        check(&doc, &schema, &body, accepted, "the disparity request");
-    }
+    bodies_agree(
+        &app,
+        "/v1/audit/disparity",
+        Role::Auditor,
+        StatusCode::OK,
+        cases,
+        "the disparity request",
+    )
+    .await;
 }
 
 #[tokio::test]
