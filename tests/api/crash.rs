@@ -14,10 +14,6 @@
 //! losing power.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +24,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
+use crate::common::binary::{Server, Site, REQUEST_TIMEOUT};
 use crate::common::{valid_input, TOOL};
-use crate::repo_root;
 
 /// Concurrent submitters, each with one request in flight at a time.
 const CLIENTS: usize = 16;
@@ -42,183 +38,6 @@ const CASES_PER_CYCLE: usize = 4;
 
 /// When the kill comes, in milliseconds after the submitters start.
 const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 50..=800;
-
-/// How long a server may take to start, and a request to be answered. Generous, because a debug
-/// build on a busy CI machine is slow; a healthy run never comes near either.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A store folder with the tokens the test uses, and the logs of every server run on it.
-struct Site {
-    /// Holds `data/` (the store) and `logs/`; removed when the test ends.
-    root: tempfile::TempDir,
-    practitioner: String,
-    auditor: String,
-}
-
-impl Site {
-    /// A fresh store holding a practitioner and an auditor token, created with the CLI while no
-    /// server runs, as an operator would (the store is locked while one does).
-    fn new() -> Site {
-        let root = tempfile::tempdir().expect("a temporary folder");
-        fs::create_dir(root.path().join("logs")).expect("create the log folder");
-        let mut site = Site {
-            root,
-            practitioner: String::new(),
-            auditor: String::new(),
-        };
-        site.practitioner = site.token_create("practitioner");
-        site.auditor = site.token_create("auditor");
-        site
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
-    }
-
-    /// The `safeguard` binary with `args`, configured only by this site: no `SAFEGUARD_*`
-    /// variable of the test's own environment (this test's knobs among them, which the server
-    /// would refuse as unknown settings) and no `safeguard.toml` from the working folder.
-    fn safeguard<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_safeguard"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SAFEGUARD_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .args(args)
-            .current_dir(self.root.path())
-            .env("SAFEGUARD_DATA_DIR", self.data_dir())
-            .env("SAFEGUARD_TOOLS_DIR", repo_root())
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn token_create(&self, role: &str) -> String {
-        let output = run(self.safeguard(["token", "create", "--role", role, "--subject", "crash"]));
-        String::from_utf8(output.stdout)
-            .expect("the token is UTF-8")
-            .trim()
-            .to_owned()
-    }
-}
-
-/// Runs `command` to completion and asserts that it succeeded.
-fn run(mut command: Command) -> Output {
-    let output = command.output().expect("the safeguard binary runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// A running `safeguard serve`. Dropping it kills the process, so a failed assertion never
-/// leaves a server behind.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:<port>`.
-    address: String,
-}
-
-impl Server {
-    /// Starts a server on `site` on a port the system picks, and waits until it is healthy. The
-    /// address comes from the server's own `serving` log line (JSON), so no port is guessed and
-    /// none can be taken by someone else in between.
-    async fn start(site: &Site, run_number: usize, client: &reqwest::Client) -> Server {
-        let log_path = site
-            .root
-            .path()
-            .join(format!("logs/serve-{run_number}.log"));
-        let log = File::create(&log_path).expect("create the server log");
-        let child = site
-            .safeguard(["serve"])
-            .env("SAFEGUARD_LISTEN", "127.0.0.1:0")
-            .env("SAFEGUARD_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,safeguard::cli=info")
-            .stdout(log.try_clone().expect("share the log file"))
-            .stderr(log)
-            .spawn()
-            .expect("the safeguard binary starts");
-        let mut server = Server {
-            child,
-            address: String::new(),
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(address) = serving_address(&log_path) {
-                server.address = format!("http://{address}");
-                break;
-            }
-            server.assert_alive(&log_path);
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start within {START_TIMEOUT:?}:\n{}",
-                read_log(&log_path)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        loop {
-            let health = client
-                .get(format!("{}/healthz", server.address))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return server;
-            }
-            server.assert_alive(&log_path);
-            assert!(
-                Instant::now() < deadline,
-                "the server was not healthy within {START_TIMEOUT:?}:\n{}",
-                read_log(&log_path)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn assert_alive(&mut self, log_path: &Path) {
-        if let Some(status) = self.child.try_wait().expect("the server's status") {
-            panic!(
-                "the server exited ({status}) while starting:\n{}",
-                read_log(log_path)
-            );
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix): no shutdown code runs, nothing is flushed.
-    fn kill(mut self) {
-        self.child.kill().expect("the server is killed");
-        self.child.wait().expect("the killed server is reaped");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
-}
-
-/// The address in the `serving` line of a JSON server log, once it is there.
-fn serving_address(log_path: &Path) -> Option<String> {
-    read_log(log_path)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "serving")
-        .and_then(|line| line["fields"]["address"].as_str().map(str::to_owned))
-}
 
 /// What the submitters of one cycle saw.
 #[derive(Default)]

@@ -1,7 +1,7 @@
 //! The one integration test binary: a single link for every integration test, with the helpers
 //! they share. `engine` drives the library on the repository's catalog and on the fixture
 //! catalogs under `tests/fixtures/`; `cli` runs the real `safeguard` binary; `crash` runs it as a
-//! server and kills it with SIGKILL under load; the rest start the real server on 127.0.0.1:0
+//! server and kills it with SIGKILL under load; `lifecycle` signals it to stop and reads its log; the rest start the real server on 127.0.0.1:0
 //! over a fresh sled directory (`common::spawn_app`) and talk HTTP.
 
 mod audit;
@@ -15,6 +15,7 @@ mod decisions;
 mod durability;
 mod engine;
 mod http;
+mod lifecycle;
 mod openapi;
 mod plugins;
 

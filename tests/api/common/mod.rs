@@ -2,6 +2,8 @@
 //! `127.0.0.1:0` with a fresh sled folder and one token per role, and [`TestApp`] speaks to it
 //! through typed helpers, so a test reads as what a client does rather than how HTTP is spelt.
 
+pub mod binary;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
