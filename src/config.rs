@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::api::Timeouts;
 use crate::store::{Durability, StoreOptions};
 
 /// Every setting of the service.
@@ -31,6 +33,13 @@ pub struct Config {
     pub cache_bytes: u64,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// How long a client has to send a request's head (and, on a kept-alive connection, to start
+    /// its next request), and then again its body. A client that takes longer is cut off, so
+    /// slow or idle clients cannot hold the service's connections. At least 1.
+    pub read_timeout_secs: u64,
+    /// Once asked to stop, how long the requests in flight may take to finish before their
+    /// connections are closed; what they already queued is written out either way.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +60,8 @@ impl Default for Config {
             max_batch: 1024,
             cache_bytes: 256 * 1024 * 1024,
             log_format: LogFormat::Text,
+            read_timeout_secs: 30,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -66,10 +77,25 @@ impl Config {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None => figment = figment.merge(Toml::file(DEFAULT_FILE)),
         }
-        figment
+        let config: Config = figment
             .merge(Env::prefixed("SAFEGUARD_"))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        if config.read_timeout_secs == 0 {
+            return Err(Box::new(figment::Error::from(
+                "read_timeout_secs must be at least 1: with 0 every connection would be cut at once"
+                    .to_owned(),
+            )));
+        }
+        Ok(config)
+    }
+
+    /// How long the service waits on clients, and on itself when stopping.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            read: Duration::from_secs(self.read_timeout_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
     }
 
     pub fn store_options(&self) -> StoreOptions {
@@ -98,6 +124,21 @@ mod tests {
             assert_eq!(config.max_batch, 16);
             assert_eq!(config.durability, Durability::SyncPerRequest);
             assert_eq!(config.data_dir, PathBuf::from("./data"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_read_timeout_of_zero_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SAFEGUARD_READ_TIMEOUT_SECS", "0");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("read_timeout_secs"), "{err}");
+            jail.set_env("SAFEGUARD_READ_TIMEOUT_SECS", "1");
+            jail.set_env("SAFEGUARD_SHUTDOWN_GRACE_SECS", "0");
+            let timeouts = Config::load(None).map_err(|e| *e)?.timeouts();
+            assert_eq!(timeouts.read, Duration::from_secs(1));
+            assert_eq!(timeouts.shutdown_grace, Duration::ZERO);
             Ok(())
         });
     }

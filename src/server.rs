@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Timeouts};
 use crate::auth::{self, Role, Tokens};
 use crate::catalog::{Catalog, LoadError};
 use crate::config::Config;
@@ -29,6 +29,7 @@ pub struct Server {
     state: AppState,
     store: Arc<SledStore>,
     listener: TcpListener,
+    timeouts: Timeouts,
     /// The admin token created on a first run with no tokens; shown once.
     pub first_admin_token: Option<String>,
 }
@@ -56,6 +57,7 @@ impl Server {
             decisions,
             tokens,
             config.body_limit_bytes,
+            config.timeouts().read,
             config.tools_dir.clone(),
         );
         let listener = TcpListener::bind(config.listen)
@@ -65,6 +67,7 @@ impl Server {
             state,
             store,
             listener,
+            timeouts: config.timeouts(),
             first_admin_token,
         })
     }
@@ -97,9 +100,10 @@ impl Server {
             state,
             store,
             listener,
+            timeouts,
             ..
         } = self;
-        api::serve(listener, state, shutdown).await?;
+        api::serve(listener, state, timeouts, shutdown).await?;
         // The last handle to the store closes it on a blocking thread: the writer is joined.
         tokio::task::spawn_blocking(move || drop(store))
             .await

@@ -34,6 +34,8 @@ pub enum ApiError {
         "the body is larger than the service accepts (see `body_limit_bytes`; 1 MiB by default)"
     )]
     PayloadTooLarge,
+    #[error("the body did not arrive within {} s of the request's head (see `read_timeout_secs`)", .0.as_secs_f64())]
+    RequestTimeout(std::time::Duration),
     #[error("there is no tool {0:?}")]
     UnknownTool(String),
     #[error("there is no decision {0:?}")]
@@ -125,6 +127,11 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
                 StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            RequestTimeout(_) => (
+                "request-timeout",
+                "Request timeout",
+                StatusCode::REQUEST_TIMEOUT,
             ),
             UnknownTool(_) => ("unknown-tool", "Unknown tool", StatusCode::NOT_FOUND),
             UnknownDecision(_) => (

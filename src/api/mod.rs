@@ -18,9 +18,14 @@ mod tools;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::serve::Listener;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -43,6 +48,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// How long a client has to send a request body once its head has come.
+    pub read_timeout: Duration,
     /// Where the catalog is reloaded from.
     pub tools_dir: std::path::PathBuf,
     /// Held while a token is created or revoked, so that two revocations cannot both see the
@@ -55,6 +62,7 @@ impl AppState {
         decisions: Arc<Decisions>,
         tokens: Tokens,
         body_limit: usize,
+        read_timeout: Duration,
         tools_dir: std::path::PathBuf,
     ) -> Self {
         AppState {
@@ -63,16 +71,44 @@ impl AppState {
             tokens: Arc::new(RwLock::new(tokens)),
             ready: Arc::new(AtomicBool::new(true)),
             body_limit,
+            read_timeout,
             token_writes: Arc::default(),
         }
     }
 }
 
+/// How long the service waits on clients, and on itself when stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For a request's head (on a kept-alive connection, from the end of the last answer), and
+    /// then again for its body.
+    pub read: Duration,
+    /// Once shutdown begins, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
+}
+
 /// A JSON body whose rejection is an [`ApiError`], so a malformed body is a problem document
-/// that names the field like every other error.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// that names the field like every other error. The whole body must arrive within the read
+/// timeout: one byte at a time would otherwise hold a connection for as long as the client likes.
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        match tokio::time::timeout(
+            state.read_timeout,
+            axum::Json::<T>::from_request(request, state),
+        )
+        .await
+        {
+            Ok(Ok(axum::Json(value))) => Ok(Json(value)),
+            Ok(Err(rejection)) => Err(rejection.into()),
+            Err(_) => Err(ApiError::RequestTimeout(state.read_timeout)),
+        }
+    }
+}
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     fn into_response(self) -> axum::response::Response {
@@ -174,20 +210,55 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting, lets the
-/// requests in flight finish and returns; the store flushes when the state is dropped.
+/// Serves `app(state)` over HTTP/1.1 on `listener` until `shutdown` resolves, then stops
+/// accepting, lets the requests in flight finish (for at most `timeouts.shutdown_grace`) and
+/// returns; the store flushes when the last handle to the state is dropped.
+///
+/// Not `axum::serve`: it gives hyper no timer, so hyper's header read timeout never runs and a
+/// client that opens a connection and sends nothing (or half a head) holds it for ever.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     state: AppState,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let ready = Arc::clone(&state.ready);
     let app = app(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::SeqCst);
-            tracing::info!("shutting down: finishing requests in flight");
-        })
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(timeouts.read);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            // `Listener::accept` retries by itself on errors (waiting a second when out of file
+            // descriptors), as `axum::serve` does.
+            (stream, _) = Listener::accept(&mut listener) => {
+                let service = TowerToHyperService::new(app.clone());
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: finishing requests in flight"
+    );
+    if tokio::time::timeout(timeouts.shutdown_grace, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = timeouts.shutdown_grace.as_secs_f64(),
+            "requests still in flight after the shutdown grace period: closing their connections"
+        );
+    }
+    Ok(())
 }

@@ -58,13 +58,18 @@ impl SlowSubmit {
         SlowSubmit { stream, body }
     }
 
-    /// Sends the body and reads the whole response until the server closes the connection:
-    /// the status, the headers (lower-cased names) and the body as JSON.
-    async fn finish(mut self) -> (u16, Vec<(String, String)>, Value) {
+    /// Sends the body and reads the answer.
+    async fn finish(mut self) -> Answer {
         self.stream
             .write_all(&self.body)
             .await
             .expect("send the body");
+        self.answer().await
+    }
+
+    /// Reads the whole response until the server closes the connection, without sending the
+    /// body (if it was not sent yet).
+    async fn answer(mut self) -> Answer {
         let mut raw = Vec::new();
         tokio::time::timeout(REQUEST_TIMEOUT, self.stream.read_to_end(&mut raw))
             .await
@@ -85,7 +90,27 @@ impl SlowSubmit {
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-        (status, headers, body)
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// A response read off a raw connection.
+struct Answer {
+    status: u16,
+    /// Names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Answer {
+    fn has_header(&self, name: &str, value: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, v)| n == name && v.eq_ignore_ascii_case(value))
     }
 }
 
@@ -138,7 +163,7 @@ fn find(lines: &[Value], message: &str, fields: &[(&str, Value)]) -> Option<(usi
 async fn stops_gracefully_on(signal: Signal) {
     let client = client();
     let site = Site::new();
-    let mut server = Server::start_logging(&site, 0, &client, WITH_REQUESTS).await;
+    let mut server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &[]).await;
     let request_id = format!("in-flight-{signal}");
     let submit = SlowSubmit::begin(&server, &site.practitioner, "lifecycle-1", &request_id).await;
 
@@ -146,15 +171,18 @@ async fn stops_gracefully_on(signal: Signal) {
     // Stop accepting: new connections are refused while the submit is still open.
     until_refused(&server).await;
     // Finish what is in flight: the submit completes, and the connection then closes.
-    let (status, headers, decision) = submit.finish().await;
-    assert_eq!(status, 201, "{decision}");
+    let answer = submit.finish().await;
+    let decision = answer.body.clone();
+    assert_eq!(answer.status, 201, "{decision}");
     assert!(
-        headers.contains(&("x-request-id".to_owned(), request_id.clone())),
-        "{headers:?}"
+        answer.has_header("x-request-id", &request_id),
+        "{:?}",
+        answer.headers
     );
     assert!(
-        headers.contains(&("connection".to_owned(), "close".to_owned())),
-        "a server that is stopping closes the connection after the answer: {headers:?}"
+        answer.has_header("connection", "close"),
+        "a server that is stopping closes the connection after the answer: {:?}",
+        answer.headers
     );
     // Exit 0.
     let exit = server.exited().await;
@@ -186,17 +214,24 @@ async fn stops_gracefully_on(signal: Signal) {
         .expect("the restarted server answers");
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(read.json::<Value>().await.expect("a decision"), decision);
+    assert_eq!(journal_length(&client, &server, &site).await, 1);
+}
+
+/// How many revisions the journal holds, once `GET /v1/audit/verify` has found it whole.
+async fn journal_length(client: &reqwest::Client, server: &Server, site: &Site) -> u64 {
     let verified: Value = client
         .get(format!("{}/v1/audit/verify", server.address))
         .bearer_auth(&site.auditor)
         .send()
         .await
-        .expect("the restarted server answers")
+        .expect("the server answers")
         .json()
         .await
         .expect("a verify report");
     assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(verified["revisions"], 1, "{verified}");
+    verified["revisions"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a revision count in {verified}"))
 }
 
 #[tokio::test]
@@ -213,7 +248,7 @@ async fn ctrl_c_stops_accepting_finishes_the_submit_in_flight_keeps_it_and_exits
 async fn every_request_has_one_log_line_with_the_request_id_its_response_carries() {
     let client = client();
     let site = Site::new();
-    let mut server = Server::start_logging(&site, 0, &client, WITH_REQUESTS).await;
+    let mut server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &[]).await;
     let send = |path: &str, token: Option<&str>, request_id: Option<&str>| {
         let mut request = client.get(format!("{}{path}", server.address));
         if let Some(token) = token {
@@ -290,4 +325,109 @@ async fn every_request_has_one_log_line_with_the_request_id_its_response_carries
     }
     // Tokens are never logged.
     assert!(!server.log().contains(&site.practitioner));
+}
+
+/// Settings for the timeout tests: a one-second read timeout.
+const QUICK_READS: [(&str, &str); 1] = [("SAFEGUARD_READ_TIMEOUT_SECS", "1")];
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_head_or_nothing_is_let_go_after_the_read_timeout() {
+    let client = client();
+    let site = Site::new();
+    let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
+    // Half a head, and a connection that never sends a byte (an idle keep-alive looks the same).
+    let mut half = TcpStream::connect(server.socket_address())
+        .await
+        .expect("connect");
+    half.write_all(b"POST /v1/cases/lifecycle-1/decisions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send half a head");
+    let mut silent = TcpStream::connect(server.socket_address())
+        .await
+        .expect("connect");
+    for (what, stream) in [("half a head", &mut half), ("nothing", &mut silent)] {
+        let began = Instant::now();
+        let mut rest = Vec::new();
+        // The server closes the connection (a reset is a close too); it has nothing to answer.
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a client that sent {what} was still connected after {REQUEST_TIMEOUT:?}")
+            });
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{what}: {text:?}"
+        );
+        println!("{what}: let go after {:?}", began.elapsed());
+    }
+    // The service itself carries on.
+    let health = client
+        .get(format!("{}/healthz", server.address))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_come_within_the_read_timeout_is_a_408_and_nothing_is_stored() {
+    let client = client();
+    let site = Site::new();
+    let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
+    let submit = SlowSubmit::begin(
+        &server,
+        &site.practitioner,
+        "lifecycle-1",
+        "body-never-sent",
+    )
+    .await;
+    let answer = submit.answer().await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    assert!(answer.has_header("content-type", "application/problem+json"));
+    assert_eq!(answer.body["type"], "/problems/request-timeout");
+    assert_eq!(answer.body["status"], 408);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("read_timeout_secs")),
+        "the problem names the setting: {}",
+        answer.body
+    );
+    assert_eq!(journal_length(&client, &server, &site).await, 0);
+}
+
+#[tokio::test]
+async fn a_request_stuck_in_flight_holds_the_shutdown_only_for_the_grace_period() {
+    let client = client();
+    let site = Site::new();
+    // The read timeout is long, so only the grace period can end the stuck submit.
+    let settings = [
+        ("SAFEGUARD_READ_TIMEOUT_SECS", "600"),
+        ("SAFEGUARD_SHUTDOWN_GRACE_SECS", "1"),
+    ];
+    let mut server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &settings).await;
+    let stuck = SlowSubmit::begin(&server, &site.practitioner, "lifecycle-1", "stuck").await;
+
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let exit = server.exited().await;
+    assert!(exit.success(), "exited {exit}:\n{}", server.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(300),
+        "the shutdown waited for the read timeout instead of the grace period"
+    );
+    let lines = server.log_lines();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("shutdown grace period"))),
+        "the cut-off is logged as a warning:\n{}",
+        server.log()
+    );
+    drop(stuck);
+
+    let server = Server::start(&site, 1, &client).await;
+    assert_eq!(journal_length(&client, &server, &site).await, 0);
 }

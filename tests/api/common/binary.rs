@@ -114,17 +114,19 @@ impl Server {
     /// Starts a server on `site` on a port the system picks, logging only warnings, and waits
     /// until it is healthy. `run_number` names its log file (`logs/serve-<n>.log`).
     pub async fn start(site: &Site, run_number: usize, client: &reqwest::Client) -> Server {
-        Self::start_logging(site, run_number, client, QUIET).await
+        Self::start_with(site, run_number, client, QUIET, &[]).await
     }
 
-    /// [`Server::start`] with the log filter `filter` (`RUST_LOG` syntax); it must keep the
-    /// CLI's `info` lines. The address comes from the server's own `serving` log line (JSON),
-    /// so no port is guessed and none can be taken by someone else in between.
-    pub async fn start_logging(
+    /// [`Server::start`] with the log filter `filter` (`RUST_LOG` syntax; it must keep the
+    /// CLI's `info` lines) and the settings `env` (`SAFEGUARD_*` variables). The address comes
+    /// from the server's own `serving` log line (JSON), so no port is guessed and none can be
+    /// taken by someone else in between.
+    pub async fn start_with(
         site: &Site,
         run_number: usize,
         client: &reqwest::Client,
         filter: &str,
+        env: &[(&str, &str)],
     ) -> Server {
         let log_path = site
             .root
@@ -136,6 +138,7 @@ impl Server {
             .env("SAFEGUARD_LISTEN", "127.0.0.1:0")
             .env("SAFEGUARD_LOG_FORMAT", "json")
             .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("share the log file"))
             .stderr(log)
             .spawn()
