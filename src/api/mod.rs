@@ -228,15 +228,19 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(timeouts.read);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that none outlives `serve`: each holds the state, and the
+    // store is only closed (its queue written out) once the last handle to it is gone.
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             // `Listener::accept` retries by itself on errors (waiting a second when out of file
             // descriptors), as `axum::serve` does.
             (stream, _) = Listener::accept(&mut listener) => {
+                while connections.try_join_next().is_some() {}
                 let service = TowerToHyperService::new(app.clone());
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -260,5 +264,6 @@ pub async fn serve(
             "requests still in flight after the shutdown grace period: closing their connections"
         );
     }
+    connections.shutdown().await;
     Ok(())
 }
