@@ -182,7 +182,11 @@ impl Form {
                 }),
             }
         }
-        inexact_numbers(input, "", &mut out);
+        // The walk that names each inexact number builds a pointer for every node; most forms
+        // have none, so look for one first.
+        if !all_exact(input) {
+            inexact_numbers(input, "", &mut out);
+        }
         out
     }
 
