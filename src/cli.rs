@@ -210,6 +210,18 @@ fn load_config(file: Option<PathBuf>) -> anyhow::Result<Config> {
 fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(file)?;
     init_tracing(config.log_format);
+    #[cfg(unix)]
+    match crate::server::raise_open_files_limit() {
+        Ok(limit) if limit < config.max_connections as u64 + crate::server::RESERVED_FILES => {
+            tracing::warn!(
+                open_files = limit,
+                max_connections = config.max_connections,
+                "the open-file limit is below max_connections plus what the store needs: lower max_connections or raise the limit (ulimit -n, LimitNOFILE)"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::build(&config).await?;

@@ -10,7 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::api::Timeouts;
+use crate::api::ServeOptions;
 use crate::store::{Durability, StoreOptions};
 
 /// Every setting of the service.
@@ -40,6 +40,10 @@ pub struct Config {
     /// Once asked to stop, how long the requests in flight may take to finish before their
     /// connections are closed; what they already queued is written out either way.
     pub shutdown_grace_secs: u64,
+    /// The most connections served at once; more wait in the listen queue until one closes,
+    /// so many clients (or one that opens many connections) cannot exhaust the process's file
+    /// descriptors, which the store needs too. At least 1.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +66,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             read_timeout_secs: 30,
             shutdown_grace_secs: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -87,14 +92,22 @@ impl Config {
                     .to_owned(),
             )));
         }
+        if config.max_connections == 0 {
+            return Err(Box::new(figment::Error::from(
+                "max_connections must be at least 1: with 0 no request would ever be served"
+                    .to_owned(),
+            )));
+        }
         Ok(config)
     }
 
-    /// How long the service waits on clients, and on itself when stopping.
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            read: Duration::from_secs(self.read_timeout_secs),
+    /// How the service treats connections: how long it waits on clients, and on itself when
+    /// stopping, and how many it serves at once.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            read_timeout: Duration::from_secs(self.read_timeout_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            max_connections: self.max_connections,
         }
     }
 
@@ -129,16 +142,21 @@ mod tests {
     }
 
     #[test]
-    fn a_read_timeout_of_zero_is_refused() {
+    fn a_read_timeout_or_connection_limit_of_zero_is_refused() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SAFEGUARD_READ_TIMEOUT_SECS", "0");
             let err = Config::load(None).unwrap_err();
             assert!(err.to_string().contains("read_timeout_secs"), "{err}");
             jail.set_env("SAFEGUARD_READ_TIMEOUT_SECS", "1");
+            jail.set_env("SAFEGUARD_MAX_CONNECTIONS", "0");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("max_connections"), "{err}");
+            jail.set_env("SAFEGUARD_MAX_CONNECTIONS", "2");
             jail.set_env("SAFEGUARD_SHUTDOWN_GRACE_SECS", "0");
-            let timeouts = Config::load(None).map_err(|e| *e)?.timeouts();
-            assert_eq!(timeouts.read, Duration::from_secs(1));
-            assert_eq!(timeouts.shutdown_grace, Duration::ZERO);
+            let options = Config::load(None).map_err(|e| *e)?.serve_options();
+            assert_eq!(options.read_timeout, Duration::from_secs(1));
+            assert_eq!(options.shutdown_grace, Duration::ZERO);
+            assert_eq!(options.max_connections, 2);
             Ok(())
         });
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState, Timeouts};
+use crate::api::{self, AppState, ServeOptions};
 use crate::auth::{self, Role, Tokens};
 use crate::catalog::{Catalog, LoadError};
 use crate::config::Config;
@@ -29,7 +29,7 @@ pub struct Server {
     state: AppState,
     store: Arc<SledStore>,
     listener: TcpListener,
-    timeouts: Timeouts,
+    options: ServeOptions,
     /// The admin token created on a first run with no tokens; shown once.
     pub first_admin_token: Option<String>,
 }
@@ -57,7 +57,7 @@ impl Server {
             decisions,
             tokens,
             config.body_limit_bytes,
-            config.timeouts().read,
+            config.serve_options().read_timeout,
             config.tools_dir.clone(),
         );
         let listener = TcpListener::bind(config.listen)
@@ -67,7 +67,7 @@ impl Server {
             state,
             store,
             listener,
-            timeouts: config.timeouts(),
+            options: config.serve_options(),
             first_admin_token,
         })
     }
@@ -100,16 +100,33 @@ impl Server {
             state,
             store,
             listener,
-            timeouts,
+            options,
             ..
         } = self;
-        api::serve(listener, state, timeouts, shutdown).await?;
+        api::serve(listener, state, options, shutdown).await?;
         // The last handle to the store closes it on a blocking thread: the writer is joined.
         tokio::task::spawn_blocking(move || drop(store))
             .await
             .map_err(std::io::Error::other)?;
         Ok(())
     }
+}
+
+/// File descriptors kept for the store, the log and the rest, beside one per connection.
+pub const RESERVED_FILES: u64 = 64;
+
+/// Raises this process's soft limit on open files to its hard limit and returns the soft limit
+/// now in force. Every connection is a file descriptor, and the store needs some too (it opens
+/// files to `fdatasync` them): a soft limit of 1,024, common by default, is below what
+/// `max_connections` allows, and running out would fail commits, not only new connections.
+#[cfg(unix)]
+pub fn raise_open_files_limit() -> Result<u64, nix::Error> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -131,5 +148,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use nix::sys::resource::{getrlimit, Resource};
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("the limit can be read");
+        let now = super::raise_open_files_limit().expect("raising the soft limit is allowed");
+        assert_eq!(now, hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).expect("read").0, hard);
     }
 }

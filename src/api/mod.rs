@@ -77,14 +77,16 @@ impl AppState {
     }
 }
 
-/// How long the service waits on clients, and on itself when stopping.
+/// How the service treats connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub struct ServeOptions {
     /// For a request's head (on a kept-alive connection, from the end of the last answer), and
     /// then again for its body.
-    pub read: Duration,
+    pub read_timeout: Duration,
     /// Once shutdown begins, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// The most connections served at once; the rest wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// A JSON body whose rejection is an [`ApiError`], so a malformed body is a problem document
@@ -211,22 +213,24 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `app(state)` over HTTP/1.1 on `listener` until `shutdown` resolves, then stops
-/// accepting, lets the requests in flight finish (for at most `timeouts.shutdown_grace`) and
-/// returns; the store flushes when the last handle to the state is dropped.
+/// accepting, lets the requests in flight finish (for at most `options.shutdown_grace`) and
+/// returns; the store flushes when the last handle to the state is dropped. At most
+/// `options.max_connections` are served at once: the next is accepted when one closes.
 ///
 /// Not `axum::serve`: it gives hyper no timer, so hyper's header read timeout never runs and a
 /// client that opens a connection and sends nothing (or half a head) holds it for ever.
 pub async fn serve(
     mut listener: TcpListener,
     state: AppState,
-    timeouts: Timeouts,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let ready = Arc::clone(&state.ready);
     let app = app(state);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(timeouts.read);
+        .header_read_timeout(options.read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let graceful = GracefulShutdown::new();
     // Every connection's task, so that none outlives `serve`: each holds the state, and the
     // store is only closed (its queue written out) once the last handle to it is gone.
@@ -236,7 +240,10 @@ pub async fn serve(
         tokio::select! {
             // `Listener::accept` retries by itself on errors (waiting a second when out of file
             // descriptors), as `axum::serve` does.
-            (stream, _) = Listener::accept(&mut listener) => {
+            (slot, (stream, _)) = async {
+                let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+                (slot, Listener::accept(&mut listener).await)
+            } => {
                 while connections.try_join_next().is_some() {}
                 let service = TowerToHyperService::new(app.clone());
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -244,6 +251,7 @@ pub async fn serve(
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,
@@ -255,12 +263,12 @@ pub async fn serve(
         connections = graceful.count(),
         "shutting down: finishing requests in flight"
     );
-    if tokio::time::timeout(timeouts.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            grace_secs = timeouts.shutdown_grace.as_secs_f64(),
+            grace_secs = options.shutdown_grace.as_secs_f64(),
             "requests still in flight after the shutdown grace period: closing their connections"
         );
     }

@@ -431,3 +431,67 @@ async fn a_request_stuck_in_flight_holds_the_shutdown_only_for_the_grace_period(
     let server = Server::start(&site, 1, &client).await;
     assert_eq!(journal_length(&client, &server, &site).await, 0);
 }
+
+/// Sends `GET /healthz` on `stream`, kept alive.
+async fn ask_health(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send a request");
+}
+
+/// Reads one answer off `stream` (head and body) and returns its head.
+async fn answer_head(stream: &mut TcpStream) -> String {
+    let head = read_head(stream).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().expect("a length"))
+        })
+        .expect("a content length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("read the body");
+    head
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_until_one_closes() {
+    let site = Site::new();
+    let settings = [("SAFEGUARD_MAX_CONNECTIONS", "2")];
+    let server = {
+        // Dropped at once: its pooled connection would hold one of the two places.
+        let startup = client();
+        Server::start_with(&site, 0, &startup, WITH_REQUESTS, &settings).await
+    };
+    let connect = || async {
+        TcpStream::connect(server.socket_address())
+            .await
+            .expect("the listen queue takes the connection")
+    };
+    let (mut first, mut second) = (connect().await, connect().await);
+    for stream in [&mut first, &mut second] {
+        ask_health(stream).await;
+        let head = answer_head(stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    }
+    // Both places are held by idle kept-alive connections: a third is not served...
+    let mut third = connect().await;
+    ask_health(&mut third).await;
+    let mut byte = [0u8; 1];
+    let waiting = tokio::time::timeout(Duration::from_millis(500), third.peek(&mut byte)).await;
+    assert!(
+        waiting.is_err(),
+        "a third connection was answered beside two open ones: {waiting:?}"
+    );
+    // ...until one of them closes.
+    drop(first);
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, answer_head(&mut third))
+        .await
+        .expect("the third connection is served once the first closes");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    // The second is still served on its own connection.
+    ask_health(&mut second).await;
+    assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
+}
