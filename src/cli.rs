@@ -224,12 +224,13 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let stop = shutdown_signal().context("cannot listen for SIGTERM and Ctrl-C")?;
         let server = Server::build(&config).await?;
         if let Some(token) = &server.first_admin_token {
             println!("No tokens were configured, so an admin token was created. It is shown only this once:\n\n    {token}\n\nCreate tokens for people with `safeguard token create --role ROLE --subject NAME`.");
         }
         tracing::info!(address = %server.local_addr(), data = %config.data_dir.display(), tools = %config.tools_dir.display(), "serving");
-        server.run_until_stopped(shutdown_signal()).await?;
+        server.run_until_stopped(stop).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

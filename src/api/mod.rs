@@ -238,6 +238,10 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // Shutdown first, every turn: a steady stream of connections must not keep it
+            // from being heard.
+            biased;
+            () = &mut shutdown => break,
             // `Listener::accept` retries by itself on errors (waiting a second when out of file
             // descriptors), as `axum::serve` does.
             (slot, (stream, _)) = async {
@@ -254,7 +258,6 @@ pub async fn serve(
                     drop(slot);
                 });
             }
-            () = &mut shutdown => break,
         }
     }
     drop(listener);

@@ -25,6 +25,18 @@ fn client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// A client that opens a new connection for every request: where the server's read timeout is
+/// a second, it closes idle connections that often, and a pooled one could be reused at the
+/// very moment the server closes it (any HTTP client can meet that race with any server that
+/// closes idle connections; real clients retry).
+fn unpooled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A submit sent by hand over one TCP connection, so the test decides when its body goes.
 /// `Expect: 100-continue` makes the server say when the handler has begun reading the body:
 /// from then on the request is in flight.
@@ -332,7 +344,7 @@ const QUICK_READS: [(&str, &str); 1] = [("SAFEGUARD_READ_TIMEOUT_SECS", "1")];
 
 #[tokio::test]
 async fn a_client_that_sends_half_a_head_or_nothing_is_let_go_after_the_read_timeout() {
-    let client = client();
+    let client = unpooled_client();
     let site = Site::new();
     let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
     // Half a head, and a connection that never sends a byte (an idle keep-alive looks the same).
@@ -372,7 +384,7 @@ async fn a_client_that_sends_half_a_head_or_nothing_is_let_go_after_the_read_tim
 
 #[tokio::test]
 async fn a_body_that_does_not_come_within_the_read_timeout_is_a_408_and_nothing_is_stored() {
-    let client = client();
+    let client = unpooled_client();
     let site = Site::new();
     let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
     let submit = SlowSubmit::begin(

@@ -150,30 +150,28 @@ impl Server {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(address) = serving_address(&server.log()) {
-                server.address = format!("http://{address}");
-                break;
-            }
-            server.assert_alive();
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start within {START_TIMEOUT:?}:\n{}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        loop {
-            let health = client
+            if server.address.is_empty() {
+                if let Some(address) = serving_address(&server.log()) {
+                    server.address = format!("http://{address}");
+                    continue;
+                }
+            } else if client
                 .get(format!("{}/healthz", server.address))
                 .send()
-                .await;
-            if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+            {
                 return server;
             }
             server.assert_alive();
             assert!(
                 Instant::now() < deadline,
-                "the server was not healthy within {START_TIMEOUT:?}:\n{}",
+                "the server was not {} within {START_TIMEOUT:?}:\n{}",
+                if server.address.is_empty() {
+                    "serving"
+                } else {
+                    "healthy"
+                },
                 server.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
