@@ -419,10 +419,10 @@ pub async fn decision_approve(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Option<axum::Json<ApproveRequest>>, axum::extract::rejection::JsonRejection>,
+    body: Option<Json<ApproveRequest>>,
 ) -> Result<Response, ApiError> {
     // The body is optional: `If-Match` alone is enough.
-    let request = body?.map(|axum::Json(r)| r).unwrap_or_default();
+    let request = body.map(|Json(r)| r).unwrap_or_default();
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let expected = expected_revision(&headers, request.expected_revision)?;
     let revision = state

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request};
 use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -99,16 +99,31 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        match tokio::time::timeout(
-            state.read_timeout,
-            axum::Json::<T>::from_request(request, state),
-        )
-        .await
-        {
-            Ok(Ok(axum::Json(value))) => Ok(Json(value)),
-            Ok(Err(rejection)) => Err(rejection.into()),
-            Err(_) => Err(ApiError::RequestTimeout(state.read_timeout)),
-        }
+        let read = <axum::Json<T> as FromRequest<AppState>>::from_request(request, state);
+        Ok(Json(within_read_timeout(state, read).await?.0))
+    }
+}
+
+/// `Option<Json<T>>`: no body (no `Content-Type`) is `None`; a body is read as above.
+impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let read = <axum::Json<T> as OptionalFromRequest<AppState>>::from_request(request, state);
+        Ok(within_read_timeout(state, read)
+            .await?
+            .map(|body| Json(body.0)))
+    }
+}
+
+/// Reads a body within the state's read timeout, mapping a rejection to its problem.
+async fn within_read_timeout<V>(
+    state: &AppState,
+    read: impl Future<Output = Result<V, axum::extract::rejection::JsonRejection>>,
+) -> Result<V, ApiError> {
+    match tokio::time::timeout(state.read_timeout, read).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(ApiError::RequestTimeout(state.read_timeout)),
     }
 }
 

@@ -37,24 +37,42 @@ fn unpooled_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A submit sent by hand over one TCP connection, so the test decides when its body goes.
+/// A POST sent by hand over one TCP connection, so the test decides when its body goes.
 /// `Expect: 100-continue` makes the server say when the handler has begun reading the body:
 /// from then on the request is in flight.
-struct SlowSubmit {
+struct SlowPost {
     stream: TcpStream,
     body: Vec<u8>,
 }
 
-impl SlowSubmit {
-    /// Sends the head of a submit to `case` and waits for the server's `100 Continue`.
-    async fn begin(server: &Server, token: &str, case: &str, request_id: &str) -> SlowSubmit {
-        let body = serde_json::to_vec(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
-            .expect("a JSON body");
+impl SlowPost {
+    /// Sends the head of a submit of a valid form to `case`, and waits for `100 Continue`.
+    async fn submit(server: &Server, token: &str, case: &str, request_id: &str) -> SlowPost {
+        let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
+        Self::begin(
+            server,
+            token,
+            &format!("/v1/cases/{case}/decisions"),
+            request_id,
+            &body,
+        )
+        .await
+    }
+
+    /// Sends the head of a POST of `body` to `path`, and waits for `100 Continue`.
+    async fn begin(
+        server: &Server,
+        token: &str,
+        path: &str,
+        request_id: &str,
+        body: &Value,
+    ) -> SlowPost {
+        let body = serde_json::to_vec(body).expect("a JSON body");
         let mut stream = TcpStream::connect(server.socket_address())
             .await
             .expect("connect to the server");
         let head = format!(
-            "POST /v1/cases/{case}/decisions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nX-Request-Id: {request_id}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nX-Request-Id: {request_id}\r\n\r\n",
             server.socket_address(),
             body.len()
         );
@@ -65,9 +83,9 @@ impl SlowSubmit {
         let interim = read_head(&mut stream).await;
         assert!(
             interim.starts_with("HTTP/1.1 100 Continue"),
-            "expected 100 Continue, got {interim:?}"
+            "POST {path}: expected 100 Continue, got {interim:?}"
         );
-        SlowSubmit { stream, body }
+        SlowPost { stream, body }
     }
 
     /// Sends the body and reads the answer.
@@ -177,7 +195,7 @@ async fn stops_gracefully_on(signal: Signal) {
     let site = Site::new();
     let mut server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &[]).await;
     let request_id = format!("in-flight-{signal}");
-    let submit = SlowSubmit::begin(&server, &site.practitioner, "lifecycle-1", &request_id).await;
+    let submit = SlowPost::submit(&server, &site.practitioner, "lifecycle-1", &request_id).await;
 
     server.signal(signal);
     // Stop accepting: new connections are refused while the submit is still open.
@@ -387,7 +405,7 @@ async fn a_body_that_does_not_come_within_the_read_timeout_is_a_408_and_nothing_
     let client = unpooled_client();
     let site = Site::new();
     let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
-    let submit = SlowSubmit::begin(
+    let submit = SlowPost::submit(
         &server,
         &site.practitioner,
         "lifecycle-1",
@@ -410,6 +428,53 @@ async fn a_body_that_does_not_come_within_the_read_timeout_is_a_408_and_nothing_
 }
 
 #[tokio::test]
+async fn every_route_that_reads_a_body_answers_408_when_the_body_does_not_come() {
+    let client = unpooled_client();
+    let site = Site::new();
+    let supervisor = site.token_create("supervisor");
+    let admin = site.token_create("admin");
+    let server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &QUICK_READS).await;
+    // Any well-formed id: the body is read before the decision is looked up.
+    let decision = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b";
+    let routes = [
+        (format!("/v1/tools/{TOOL}/evaluate"), &site.practitioner),
+        (
+            "/v1/cases/lifecycle-1/decisions".to_owned(),
+            &site.practitioner,
+        ),
+        (
+            format!("/v1/decisions/{decision}/revisions"),
+            &site.practitioner,
+        ),
+        (
+            format!("/v1/decisions/{decision}/override"),
+            &site.practitioner,
+        ),
+        (format!("/v1/decisions/{decision}/approve"), &supervisor),
+        ("/v1/audit/replay".to_owned(), &site.auditor),
+        ("/v1/audit/disparity".to_owned(), &site.auditor),
+        ("/v1/admin/tokens".to_owned(), &admin),
+    ];
+    // Every head first, so the read timeouts run side by side.
+    let mut posts = Vec::new();
+    for (path, token) in &routes {
+        posts.push((
+            path,
+            SlowPost::begin(&server, token, path, "slow", &json!({})).await,
+        ));
+    }
+    for (path, post) in posts {
+        let answer = post.answer().await;
+        assert_eq!(answer.status, 408, "POST {path}: {}", answer.body);
+        assert_eq!(
+            answer.body["type"], "/problems/request-timeout",
+            "POST {path}"
+        );
+    }
+    assert_eq!(journal_length(&client, &server, &site).await, 0);
+}
+
+#[tokio::test]
 async fn a_request_stuck_in_flight_holds_the_shutdown_only_for_the_grace_period() {
     let client = client();
     let site = Site::new();
@@ -419,7 +484,7 @@ async fn a_request_stuck_in_flight_holds_the_shutdown_only_for_the_grace_period(
         ("SAFEGUARD_SHUTDOWN_GRACE_SECS", "1"),
     ];
     let mut server = Server::start_with(&site, 0, &client, WITH_REQUESTS, &settings).await;
-    let stuck = SlowSubmit::begin(&server, &site.practitioner, "lifecycle-1", "stuck").await;
+    let stuck = SlowPost::submit(&server, &site.practitioner, "lifecycle-1", "stuck").await;
 
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);

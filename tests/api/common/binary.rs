@@ -79,7 +79,8 @@ impl Site {
         command
     }
 
-    fn token_create(&self, role: &str) -> String {
+    /// A new token of `role`, made with the CLI; only while no server runs on this site.
+    pub fn token_create(&self, role: &str) -> String {
         let output = run(self.safeguard(["token", "create", "--role", role, "--subject", "site"]));
         String::from_utf8(output.stdout)
             .expect("the token is UTF-8")
