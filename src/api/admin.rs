@@ -150,9 +150,7 @@ pub async fn tokens_list(
         (status = 400, description = "Malformed request, or a subject that is blank, too long or has control characters", body = super::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn token_create(
     _caller: Authorized<Admins>,

@@ -95,10 +95,8 @@ pub async fn version_get(
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool or version", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The candidate does not load", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn audit_replay(
     _caller: Authorized<Auditors>,
@@ -237,9 +235,7 @@ fn latest_revisions<'a>(
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn audit_disparity(
     _caller: Authorized<Auditors>,

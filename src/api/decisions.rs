@@ -206,10 +206,8 @@ pub struct SubmitRequest {
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form, a reused Idempotency-Key, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn decision_submit(
     caller: Authorized<Writers>,
@@ -307,12 +305,10 @@ pub struct AmendRequest {
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn decision_amend(
     caller: Authorized<Writers>,
@@ -356,12 +352,10 @@ pub struct OverrideRequest {
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Level not declared, no reason, or outside the tool's override policy", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn decision_override(
     caller: Authorized<Writers>,
@@ -408,11 +402,9 @@ pub struct ApproveRequest {
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong role, or the approver made the override", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "No pending override, or the decision has moved on", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn decision_approve(
     caller: Authorized<Supervisors>,

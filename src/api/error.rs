@@ -96,6 +96,31 @@ pub struct Problem {
     pub errors: Vec<Violation>,
 }
 
+/// The problems every route that reads a JSON body may answer, besides its own: listed once and
+/// named in each of those routes' `responses(...)`. Only its description is used; the answers
+/// themselves are [`ApiError`]s.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyProblems {
+    #[response(
+        status = 408,
+        description = "The body did not arrive within the read timeout",
+        content_type = "application/problem+json"
+    )]
+    Timeout(Problem),
+    #[response(
+        status = 413,
+        description = "Body too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "Not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+}
+
 impl ApiError {
     /// The table: variant -> (problem type, title, status).
     fn problem(&self) -> (&'static str, &'static str, StatusCode) {

@@ -163,10 +163,8 @@ impl Evaluation {
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within the read timeout", body = super::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
 ))]
 pub async fn tool_evaluate(
     _caller: Authorized<AnyRole>,
