@@ -572,3 +572,47 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     ask_health(&mut second).await;
     assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
 }
+
+/// `safeguard serve` run by `prlimit` with both limits on open files at `limit`, so the service
+/// cannot raise its soft limit past it.
+async fn serve_with_open_files(site: &Site, limit: u32, env: &[(&str, &str)]) -> Server {
+    let nofile = format!("--nofile={limit}:{limit}");
+    let command = site.command(
+        "prlimit",
+        [nofile.as_str(), env!("CARGO_BIN_EXE_safeguard"), "serve"],
+    );
+    Server::launch(command, site, 0, &client(), WITH_REQUESTS, env).await
+}
+
+/// The service's warnings about the open-file limit, from its log.
+fn open_file_warnings(server: &Server) -> Vec<Value> {
+    server
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("open-file limit"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_open_file_limit_below_max_connections_is_warned_about_and_the_service_still_serves() {
+    let site = Site::new();
+    // 200 open files cannot hold 1,024 connections and the store.
+    let server = serve_with_open_files(&site, 200, &[]).await;
+    let warnings = open_file_warnings(&server);
+    assert_eq!(warnings.len(), 1, "{}", server.log());
+    assert_eq!(warnings[0]["fields"]["open_files"], 200, "{}", warnings[0]);
+    assert_eq!(
+        warnings[0]["fields"]["max_connections"], 1024,
+        "{}",
+        warnings[0]
+    );
+    drop(server);
+    // With max_connections lowered to fit (100 + 64 <= 200), nothing to warn about.
+    let server = serve_with_open_files(&site, 200, &[("SAFEGUARD_MAX_CONNECTIONS", "100")]).await;
+    assert!(open_file_warnings(&server).is_empty(), "{}", server.log());
+}

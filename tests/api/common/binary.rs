@@ -64,7 +64,17 @@ impl Site {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_safeguard"));
+        self.command(env!("CARGO_BIN_EXE_safeguard"), args)
+    }
+
+    /// `program` with `args`, configured as [`Site::safeguard`] configures the binary: for a
+    /// program that runs it, such as `prlimit`.
+    pub fn command<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(program);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("SAFEGUARD_") {
                 command.env_remove(name);
@@ -129,13 +139,33 @@ impl Server {
         filter: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Self::launch(
+            site.safeguard(["serve"]),
+            site,
+            run_number,
+            client,
+            filter,
+            env,
+        )
+        .await
+    }
+
+    /// [`Server::start_with`] for a `command` that runs `safeguard serve` (from
+    /// [`Site::safeguard`], or [`Site::command`] for a program that runs it).
+    pub async fn launch(
+        mut command: Command,
+        site: &Site,
+        run_number: usize,
+        client: &reqwest::Client,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log_path = site
             .root
             .path()
             .join(format!("logs/serve-{run_number}.log"));
         let log = File::create(&log_path).expect("create the server log");
-        let child = site
-            .safeguard(["serve"])
+        let child = command
             .env("SAFEGUARD_LISTEN", "127.0.0.1:0")
             .env("SAFEGUARD_LOG_FORMAT", "json")
             .env("RUST_LOG", filter)
