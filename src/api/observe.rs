@@ -40,13 +40,23 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Whether a client's `x-request-id` is kept: 1-128 letters, digits and `.`, `_`, `:`, `-` (a
+/// UUID, a ULID, a case system's own reference). Anything else (a space, a quote, `=`) could
+/// forge fields in a text log line, so it is replaced by an id of the service's own.
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| acceptable_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -81,4 +91,31 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_request_id;
+
+    #[test]
+    fn a_request_id_is_kept_only_when_it_cannot_forge_a_log_field() {
+        for kept in [
+            "case-system-42",
+            "01J9Z3K4M5N6P7Q8R9S0T1V2W3",
+            "a.b_c:d-e",
+            &"x".repeat(128),
+        ] {
+            assert!(acceptable_request_id(kept), "{kept:?}");
+        }
+        for replaced in [
+            "",
+            "abc status=500",
+            "a\"b",
+            "tab\there",
+            "caf\u{e9}",
+            &"x".repeat(129),
+        ] {
+            assert!(!acceptable_request_id(replaced), "{replaced:?}");
+        }
+    }
 }

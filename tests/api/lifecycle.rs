@@ -314,6 +314,13 @@ async fn every_request_has_one_log_line_with_the_request_id_its_response_carries
         .expect("an answer");
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(id_of(&refused), "case-system-43");
+    // One that could forge a field in a text log line is replaced by the service's own.
+    let forged = send("/v1/tools", Some(&site.practitioner), Some("x status=500"))
+        .await
+        .expect("an answer");
+    assert_eq!(forged.status(), StatusCode::OK);
+    let replaced = id_of(&forged);
+    uuid::Uuid::parse_str(&replaced).unwrap_or_else(|e| panic!("{replaced:?} is not a UUID: {e}"));
     // Without one, the service makes a fresh one for each request.
     let mut made = Vec::new();
     for _ in 0..2 {
@@ -333,6 +340,7 @@ async fn every_request_has_one_log_line_with_the_request_id_its_response_carries
     for (id, status) in [
         ("case-system-42", 200),
         ("case-system-43", 401),
+        (replaced.as_str(), 200),
         (made[0].as_str(), 200),
         (made[1].as_str(), 200),
     ] {
@@ -353,8 +361,9 @@ async fn every_request_has_one_log_line_with_the_request_id_its_response_carries
         assert_eq!(fields["status"], status, "{fields}");
         assert!(fields["micros"].is_u64(), "{fields}");
     }
-    // Tokens are never logged.
+    // Tokens are never logged, nor the forged id.
     assert!(!server.log().contains(&site.practitioner));
+    assert!(!server.log().contains("x status=500"));
 }
 
 /// Settings for the timeout tests: a one-second read timeout.
