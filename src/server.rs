@@ -53,11 +53,12 @@ impl Server {
             None
         };
         let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>)?);
+        let options = config.serve_options();
         let state = AppState::new(
             decisions,
             tokens,
             config.body_limit_bytes,
-            config.serve_options().read_timeout,
+            options.read_timeout,
             config.tools_dir.clone(),
         );
         let listener = TcpListener::bind(config.listen)
@@ -67,7 +68,7 @@ impl Server {
             state,
             store,
             listener,
-            options: config.serve_options(),
+            options,
             first_admin_token,
         })
     }

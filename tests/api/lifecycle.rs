@@ -175,18 +175,15 @@ async fn until_refused(server: &Server) {
     }
 }
 
-/// The position and the line of the first log line whose message is `message` and whose
-/// fields include every one of `fields`.
-fn find(lines: &[Value], message: &str, fields: &[(&str, Value)]) -> Option<(usize, Value)> {
-    lines
-        .iter()
-        .position(|l| {
-            l["fields"]["message"] == message
-                && fields
-                    .iter()
-                    .all(|(name, value)| l["fields"][name] == *value)
-        })
-        .map(|i| (i, lines[i].clone()))
+/// The position of the first log line whose message is `message` and whose fields include
+/// every one of `fields`.
+fn find(lines: &[Value], message: &str, fields: &[(&str, Value)]) -> Option<usize> {
+    lines.iter().position(|l| {
+        l["fields"]["message"] == message
+            && fields
+                .iter()
+                .all(|(name, value)| l["fields"][name] == *value)
+    })
 }
 
 /// Signals a server holding a submit in flight, and checks each step of a graceful stop.
@@ -219,14 +216,14 @@ async fn stops_gracefully_on(signal: Signal) {
     assert!(exit.success(), "{signal}: exited {exit}:\n{}", server.log());
 
     let lines = server.log_lines();
-    let (stopping, _) = find(&lines, SHUTTING_DOWN, &[]).expect("the shutdown is logged");
-    let (answered, _) = find(
+    let stopping = find(&lines, SHUTTING_DOWN, &[]).expect("the shutdown is logged");
+    let answered = find(
         &lines,
         "request",
         &[("request_id", json!(request_id)), ("status", json!(201))],
     )
     .expect("the submit is logged");
-    let (stopped, _) = find(&lines, "stopped", &[]).expect("the stop is logged");
+    let stopped = find(&lines, "stopped", &[]).expect("the stop is logged");
     assert!(
         stopping < answered && answered < stopped,
         "the submit was answered after the shutdown began and before the process stopped:\n{}",
@@ -582,10 +579,10 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
 }
 
-/// `safeguard serve` run by `prlimit` with both limits on open files at `limit`, so the service
-/// cannot raise its soft limit past it.
-async fn serve_with_open_files(site: &Site, limit: u32, env: &[(&str, &str)]) -> Server {
-    let nofile = format!("--nofile={limit}:{limit}");
+/// `safeguard serve` run by `prlimit` with the soft limit on open files at `soft` and the hard
+/// limit at `hard`: the service may raise the one to the other, and no further.
+async fn serve_with_open_files(site: &Site, soft: u32, hard: u32, env: &[(&str, &str)]) -> Server {
+    let nofile = format!("--nofile={soft}:{hard}");
     let command = site.command(
         "prlimit",
         [nofile.as_str(), env!("CARGO_BIN_EXE_safeguard"), "serve"],
@@ -610,18 +607,21 @@ fn open_file_warnings(server: &Server) -> Vec<Value> {
 #[tokio::test]
 async fn an_open_file_limit_below_max_connections_is_warned_about_and_the_service_still_serves() {
     let site = Site::new();
-    // 200 open files cannot hold 1,024 connections and the store.
-    let server = serve_with_open_files(&site, 200, &[]).await;
+    // Started with a soft limit of 200 under a hard limit of 400: the service raises it to 400,
+    // which still cannot hold 1,024 connections and the store.
+    let server = serve_with_open_files(&site, 200, 400, &[]).await;
     let warnings = open_file_warnings(&server);
     assert_eq!(warnings.len(), 1, "{}", server.log());
-    assert_eq!(warnings[0]["fields"]["open_files"], 200, "{}", warnings[0]);
+    assert_eq!(warnings[0]["fields"]["open_files"], 400, "{}", warnings[0]);
     assert_eq!(
         warnings[0]["fields"]["max_connections"], 1024,
         "{}",
         warnings[0]
     );
     drop(server);
-    // With max_connections lowered to fit (100 + 64 <= 200), nothing to warn about.
-    let server = serve_with_open_files(&site, 200, &[("SAFEGUARD_MAX_CONNECTIONS", "100")]).await;
+    // With max_connections lowered to fit the raised limit (300 + 64 <= 400, though not 200),
+    // nothing to warn about.
+    let server =
+        serve_with_open_files(&site, 200, 400, &[("SAFEGUARD_MAX_CONNECTIONS", "300")]).await;
     assert!(open_file_warnings(&server).is_empty(), "{}", server.log());
 }
