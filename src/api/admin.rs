@@ -30,7 +30,7 @@ pub struct Reloaded {
 #[utoipa::path(post, path = "/v1/admin/reload", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "The new catalog is in force", body = Reloaded),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new catalog has problems; the old one keeps serving", body = super::Problem, content_type = "application/problem+json"),
 ))]
@@ -126,7 +126,7 @@ pub struct CreatedToken {
 #[utoipa::path(get, path = "/v1/admin/tokens", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every token, without the tokens themselves", body = [TokenView]),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn tokens_list(
@@ -148,7 +148,7 @@ pub async fn tokens_list(
     responses(
         (status = 201, description = "The token, shown this once", body = CreatedToken),
         (status = 400, description = "Malformed request, or a subject that is blank, too long or has control characters", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
 ))]
@@ -182,7 +182,7 @@ pub async fn token_create(
     params(("id" = String, Path, description = "The token's id from GET /v1/admin/tokens (or a longer prefix of its hash)")),
     responses(
         (status = 200, description = "The token, revoked", body = TokenView),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No token has this id", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already revoked, the id names more than one token, or it is the last admin token", body = super::Problem, content_type = "application/problem+json"),

@@ -25,7 +25,7 @@ use crate::store::VersionInfo;
     params(("tool" = String, Path, description = "The tool id")),
     responses(
         (status = 200, description = "The versions", body = Vec<VersionInfo>),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
 ))]
@@ -60,7 +60,7 @@ pub struct VersionDetail {
     params(("tool" = String, Path, description = "The tool id"), ("digest" = String, Path, description = "sha256:<hex>")),
     responses(
         (status = 200, description = "The version", body = VersionDetail),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = super::Problem, content_type = "application/problem+json"),
 ))]
@@ -92,7 +92,7 @@ pub async fn version_get(
     responses(
         (status = 200, description = "What would change", body = ReplayReport),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool or version", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The candidate does not load", body = super::Problem, content_type = "application/problem+json"),
@@ -141,7 +141,7 @@ pub async fn audit_replay(
     responses(
         (status = 200, description = "JSON Lines, one revision a line", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "Malformed filter", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn audit_export(
@@ -191,7 +191,7 @@ pub async fn audit_export(
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses(
         (status = 200, description = "The verification; `ok` says whether the chain is whole", body = VerifyReport),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn audit_verify(
@@ -232,7 +232,7 @@ fn latest_revisions<'a>(
     responses(
         (status = 200, description = "Rates per value of the field", body = Disparity),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
@@ -278,7 +278,7 @@ pub async fn audit_disparity(
 #[utoipa::path(get, path = "/v1/dashboard", tag = "audit", security(("bearer" = [])),
     responses(
         (status = 200, description = "The figures", body = Dashboard),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Not a supervisor or auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn dashboard_get(

@@ -13,7 +13,7 @@ use crate::decisions::Journey;
     responses(
         (status = 200, description = "The case journey", body = Journey),
         (status = 400, description = "Malformed case id", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
 ))]
 pub async fn case_journey(
     _caller: Authorized<AnyRole>,

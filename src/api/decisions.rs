@@ -203,7 +203,7 @@ pub struct SubmitRequest {
     responses(
         (status = 201, description = "The decision, durable", body = DecisionView),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form, a reused Idempotency-Key, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
@@ -231,7 +231,7 @@ pub async fn decision_submit(
     responses(
         (status = 200, description = "The case's decisions, oldest first", body = Vec<DecisionView>),
         (status = 400, description = "Malformed case id", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
 ))]
 pub async fn case_decisions_list(
     _caller: Authorized<AnyRole>,
@@ -250,7 +250,7 @@ pub async fn case_decisions_list(
     params(("id" = String, Path, description = "The decision id")),
     responses(
         (status = 200, description = "The decision", body = DecisionView, headers(("ETag" = String, description = "The revision, for If-Match"))),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn decision_get(
@@ -268,7 +268,7 @@ pub async fn decision_get(
     params(("id" = String, Path, description = "The decision id")),
     responses(
         (status = 200, description = "The history", body = Vec<DecisionView>),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn revisions_list(
@@ -302,7 +302,7 @@ pub struct AmendRequest {
     responses(
         (status = 201, description = "The new revision, durable", body = DecisionView),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
@@ -349,7 +349,7 @@ pub struct OverrideRequest {
     responses(
         (status = 201, description = "The new revision, durable", body = DecisionView),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Wrong role", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The decision has moved on", body = super::Problem, content_type = "application/problem+json"),
@@ -399,7 +399,7 @@ pub struct ApproveRequest {
     responses(
         (status = 201, description = "The new revision, durable", body = DecisionView),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 403, description = "Wrong role, or the approver made the override", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "No pending override, or the decision has moved on", body = super::Problem, content_type = "application/problem+json"),

@@ -121,6 +121,19 @@ pub enum BodyProblems {
     NotJson(Problem),
 }
 
+/// The problem every route behind a bearer token may answer, listed once and named in each of
+/// those routes' `responses(...)`. (What a wrong role gets, 403, is described route by route:
+/// each route says who may call it.)
+#[derive(utoipa::IntoResponses)]
+pub enum TokenProblems {
+    #[response(
+        status = 401,
+        description = "No valid token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+}
+
 impl ApiError {
     /// The table: variant -> (problem type, title, status).
     fn problem(&self) -> (&'static str, &'static str, StatusCode) {

@@ -82,7 +82,7 @@ pub(super) fn summary(tool: &Tool) -> ToolSummary {
 /// Every tool in the catalog.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("bearer" = [])), responses(
     (status = 200, description = "The catalog", body = Vec<ToolSummary>),
-    (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+    super::TokenProblems,
 ))]
 pub async fn tools_list(
     _caller: Authorized<AnyRole>,
@@ -97,7 +97,7 @@ pub async fn tools_list(
     params(("tool" = String, Path, description = "The tool id")),
     responses(
         (status = 200, description = "The tool", body = ToolDetail),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn tool_get(
@@ -161,7 +161,7 @@ impl Evaluation {
     responses(
         (status = 200, description = "The decision the tool would make", body = Evaluation),
         (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
