@@ -1,5 +1,5 @@
 //! Who may call what: every authenticated route against no token, a bad token and each role,
-//! driven by one table that mirrors DESIGN.md's.
+//! and what `/openapi.json` says of it, driven by one table that mirrors DESIGN.md's.
 
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -271,6 +271,62 @@ async fn every_route_refuses_a_role_it_does_not_allow_with_403() {
                 route.path
             );
             problem(response, status, "/problems/forbidden").await;
+        }
+    }
+}
+
+/// The operation of `/openapi.json` that serves `method path`: the described path whose
+/// segments match `path`'s, a `{name}` segment matching any one.
+fn described<'d>(doc: &'d Value, method: &Method, path: &str) -> &'d Value {
+    let segments: Vec<&str> = path.split('/').collect();
+    let paths = doc["paths"].as_object().expect("the description has paths");
+    let template = paths
+        .keys()
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(part, segment)| part.starts_with('{') || part == segment)
+        })
+        .unwrap_or_else(|| panic!("{method} {path} is not in the description"));
+    let operation = &paths[template][method.as_str().to_lowercase()];
+    assert!(
+        operation.is_object(),
+        "{method} {template} is not described"
+    );
+    operation
+}
+
+#[tokio::test]
+async fn every_route_describes_the_401_and_403_it_answers() {
+    let app = spawn_app().await;
+    let doc = crate::common::json_of(
+        app.request(Method::GET, "/openapi.json", None)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    for route in routes(&app).await {
+        let operation = described(&doc, &route.method, &route.path);
+        let what = format!("{} {}", route.method, route.path);
+        let problem_of = |status: &str| {
+            operation["responses"][status]["content"]["application/problem+json"]["schema"].clone()
+        };
+        assert!(
+            !problem_of("401").is_null(),
+            "{what} does not describe its 401"
+        );
+        // A route some role may not call answers that role 403 (the test above).
+        if route.roles.len() < Role::ALL.len() {
+            assert!(
+                !problem_of("403").is_null(),
+                "{what} does not describe its 403"
+            );
         }
     }
 }
