@@ -112,6 +112,42 @@ async fn bodies_agree(
 }
 
 #[tokio::test]
+async fn every_operation_describes_the_problems_of_its_token_and_body() {
+    let app = spawn_app().await;
+    let doc = description(&app).await;
+
+    let mut bodies = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            let described = |status: &str| {
+                !operation["responses"][status]["content"]["application/problem+json"]["schema"]
+                    .is_null()
+            };
+            let behind_a_token = operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty());
+            assert_eq!(
+                described("401"),
+                behind_a_token,
+                "{what}: a 401 is described exactly when a token is needed"
+            );
+            if !operation["requestBody"].is_null() {
+                bodies += 1;
+                for status in ["408", "413", "415"] {
+                    assert!(
+                        described(status),
+                        "{what} reads a body but does not describe {status}"
+                    );
+                }
+            }
+        }
+    }
+    // Evaluate, submit, amend, override, approve, replay, disparity, new token.
+    assert_eq!(bodies, 8, "operations that read a body");
+}
+
+#[tokio::test]
 async fn tools_and_their_stages_are_answered_as_described() {
     let app = spawn_app().await;
     let doc = description(&app).await;
