@@ -438,20 +438,16 @@ async fn a_change_without_if_match_or_expected_revision_is_428() {
     assert_eq!(app.revisions(id).await.len(), 1);
 }
 
-#[tokio::test]
-async fn an_override_to_an_undeclared_level_is_422_naming_the_level() {
-    let app = spawn_app().await;
-    let decision = app.decide("case-1", TOOL).await;
-    let id = decision["id"].as_str().unwrap();
-
+/// Overrides the first revision of decision `id` with `request` as a practitioner and asserts it is
+/// refused as an invalid override naming exactly `paths`, with nothing written; returns the problem.
+async fn assert_override_refused(
+    app: &TestApp,
+    id: &str,
+    request: &Value,
+    paths: &[&str],
+) -> Value {
     let response = app
-        .change(
-            id,
-            "override",
-            Role::Practitioner,
-            1,
-            &json!({"level": "catastrophic", "reason": "seen at the visit"}),
-        )
+        .change(id, "override", Role::Practitioner, 1, request)
         .await;
 
     let body = problem(
@@ -460,8 +456,24 @@ async fn an_override_to_an_undeclared_level_is_422_naming_the_level() {
         "/problems/invalid-override",
     )
     .await;
-    assert_eq!(error_paths(&body), ["/level"], "{body}");
-    assert_eq!(app.revisions(id).await.len(), 1);
+    assert_eq!(error_paths(&body), paths, "{body}");
+    assert_eq!(app.revisions(id).await.len(), 1, "nothing is written");
+    body
+}
+
+#[tokio::test]
+async fn an_override_to_an_undeclared_level_is_422_naming_the_level() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+
+    assert_override_refused(
+        &app,
+        id,
+        &json!({"level": "catastrophic", "reason": "seen at the visit"}),
+        &["/level"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -472,24 +484,13 @@ async fn an_override_without_a_reason_is_422_naming_the_reason() {
     let levels = app.levels(TOOL).await;
     let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
 
-    let response = app
-        .change(
-            id,
-            "override",
-            Role::Practitioner,
-            1,
-            &json!({"level": level, "reason": "  "}),
-        )
-        .await;
-
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "/problems/invalid-override",
+    assert_override_refused(
+        &app,
+        id,
+        &json!({"level": level, "reason": "  "}),
+        &["/reason"],
     )
     .await;
-    assert_eq!(error_paths(&body), ["/reason"], "{body}");
-    assert_eq!(app.revisions(id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -500,29 +501,18 @@ async fn an_override_two_levels_away_breaks_the_one_step_policy_and_is_422() {
     let levels = app.levels(TOOL).await;
     let level = levels_away(&levels, decision["level"].as_str().unwrap(), 2);
 
-    let response = app
-        .change(
-            id,
-            "override",
-            Role::Practitioner,
-            1,
-            &json!({"level": level, "reason": "seen at the visit"}),
-        )
-        .await;
-
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "/problems/invalid-override",
+    let body = assert_override_refused(
+        &app,
+        id,
+        &json!({"level": level, "reason": "seen at the visit"}),
+        &["/level"],
     )
     .await;
-    assert_eq!(error_paths(&body), ["/level"], "{body}");
     let message = body["errors"][0]["message"].as_str().unwrap();
     assert!(
         message.contains("override policy") && message.contains("at most 1"),
         "the message does not name the rule: {message}"
     );
-    assert_eq!(app.revisions(id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -585,23 +575,13 @@ async fn an_override_to_the_level_the_tool_decided_is_422() {
     let decision = app.decide("case-1", TOOL).await;
     let id = decision["id"].as_str().unwrap();
 
-    let response = app
-        .change(
-            id,
-            "override",
-            Role::Practitioner,
-            1,
-            &json!({"level": decision["level"], "reason": "seen at the visit"}),
-        )
-        .await;
-
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "/problems/invalid-override",
+    assert_override_refused(
+        &app,
+        id,
+        &json!({"level": decision["level"], "reason": "seen at the visit"}),
+        &["/level"],
     )
     .await;
-    assert_eq!(error_paths(&body), ["/level"], "{body}");
 }
 
 #[tokio::test]

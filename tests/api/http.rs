@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use safeguard::auth::Role;
 use serde_json::{json, Value};
 
-use crate::common::{error_paths, problem, spawn_app, valid_input, TOOL};
+use crate::common::{error_paths, problem, spawn_app, valid_input, TestApp, TOOL};
 
 #[tokio::test]
 async fn health_readiness_metrics_and_the_api_description_need_no_token() {
@@ -126,13 +126,10 @@ async fn an_unknown_tool_is_a_404_problem_and_nothing_is_stored() {
     app.assert_journal_empty().await;
 }
 
-#[tokio::test]
-async fn a_form_missing_a_required_field_is_422_naming_the_field() {
-    let app = spawn_app().await;
-    let mut input = valid_input(TOOL);
-    input.as_object_mut().unwrap().remove("severity");
-
-    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+/// Submits `input` for a new case and asserts it is refused as an invalid form naming exactly
+/// `paths`, with nothing stored.
+async fn assert_form_refused(app: &TestApp, input: &Value, paths: &[&str]) {
+    let response = app.submit("case-1", TOOL, input, Role::Practitioner).await;
 
     let body = problem(
         response,
@@ -140,9 +137,18 @@ async fn a_form_missing_a_required_field_is_422_naming_the_field() {
         "/problems/invalid-form",
     )
     .await;
-    assert_eq!(error_paths(&body), ["/severity"], "{body}");
+    assert_eq!(error_paths(&body), paths, "{body}");
     assert!(app.case_decisions("case-1").await.is_empty());
     app.assert_journal_empty().await;
+}
+
+#[tokio::test]
+async fn a_form_missing_a_required_field_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input.as_object_mut().unwrap().remove("severity");
+
+    assert_form_refused(&app, &input, &["/severity"]).await;
 }
 
 #[tokio::test]
@@ -151,17 +157,7 @@ async fn a_form_with_an_unknown_field_is_422_naming_the_field() {
     let mut input = valid_input(TOOL);
     input["favourite_colour"] = json!("blue");
 
-    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
-
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "/problems/invalid-form",
-    )
-    .await;
-    assert_eq!(error_paths(&body), ["/favourite_colour"], "{body}");
-    assert!(app.case_decisions("case-1").await.is_empty());
-    app.assert_journal_empty().await;
+    assert_form_refused(&app, &input, &["/favourite_colour"]).await;
 }
 
 #[tokio::test]
@@ -170,16 +166,7 @@ async fn a_value_outside_the_form_is_422_naming_the_field() {
     let mut input = valid_input(TOOL);
     input["severity"] = json!("catastrophic");
 
-    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
-
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "/problems/invalid-form",
-    )
-    .await;
-    assert_eq!(error_paths(&body), ["/severity"], "{body}");
-    assert!(app.case_decisions("case-1").await.is_empty());
+    assert_form_refused(&app, &input, &["/severity"]).await;
 }
 
 #[tokio::test]
