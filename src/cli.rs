@@ -222,6 +222,8 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
+    #[cfg(unix)]
+    crate::server::ignore_file_size_signal().context("cannot ignore SIGXFSZ")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let stop = shutdown_signal().context("cannot listen for SIGTERM and Ctrl-C")?;

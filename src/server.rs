@@ -130,6 +130,17 @@ pub fn raise_open_files_limit() -> Result<u64, nix::Error> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
+/// Has a write past the file-size limit (`ulimit -f`) fail with `EFBIG` instead of ending the
+/// process (SIGXFSZ's default action): the store then refuses writes with a clear answer and
+/// keeps serving reads, as it does when the disk is full. Only the disposition of that one
+/// signal changes.
+#[cfg(unix)]
+pub fn ignore_file_size_signal() -> Result<(), nix::Error> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_IGN runs no code of ours in a signal handler.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.map(drop)
+}
+
 /// Listens for Ctrl-C (SIGINT) and SIGTERM from the moment it is called, not from the moment it
 /// is first awaited: a signal that comes while the service is still starting stops it cleanly
 /// too, instead of ending the process before its handler exists. Must be called within the

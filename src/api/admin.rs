@@ -33,6 +33,7 @@ pub struct Reloaded {
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new catalog has problems; the old one keeps serving", body = super::Problem, content_type = "application/problem+json"),
+        super::WriteProblems,
 ))]
 pub async fn catalog_reload(
     _caller: Authorized<Admins>,
@@ -69,7 +70,7 @@ pub async fn catalog_reload(
     state
         .decisions
         .replace_catalog(catalog)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     tracing::info!(changed = ?changed, "catalog reloaded");
     Ok(Json(Reloaded { tools, changed }))
 }
@@ -133,11 +134,7 @@ pub async fn tokens_list(
     _caller: Authorized<Admins>,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let mut records = state
-        .decisions
-        .store()
-        .tokens()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut records = state.decisions.store().tokens().map_err(ApiError::from)?;
     records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
     Ok(Json(records.iter().map(TokenView::from).collect()))
 }
@@ -151,6 +148,7 @@ pub async fn tokens_list(
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
+        super::WriteProblems,
 ))]
 pub async fn token_create(
     _caller: Authorized<Admins>,
@@ -186,6 +184,7 @@ pub async fn token_create(
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No token has this id", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already revoked, the id names more than one token, or it is the last admin token", body = super::Problem, content_type = "application/problem+json"),
+        super::WriteProblems,
 ))]
 pub async fn token_revoke(
     _caller: Authorized<Admins>,
@@ -193,11 +192,7 @@ pub async fn token_revoke(
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let _writing = state.token_writes.lock().await;
-    let records = state
-        .decisions
-        .store()
-        .tokens()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let records = state.decisions.store().tokens().map_err(ApiError::from)?;
     let revoked = auth::revoke(&records, &id).map_err(|e| match e {
         RevokeError::Unknown(id) => ApiError::UnknownToken(id),
         other => ApiError::TokenConflict(other.to_string()),
@@ -229,5 +224,5 @@ async fn store_token(state: &AppState, record: &TokenRecord) -> Result<(), ApiEr
     tokio::task::spawn_blocking(move || store.put_token(&record))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(ApiError::from)
 }

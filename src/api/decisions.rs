@@ -208,6 +208,7 @@ pub struct SubmitRequest {
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid form, a reused Idempotency-Key, or the rules hit a limit", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
+        super::WriteProblems,
 ))]
 pub async fn decision_submit(
     caller: Authorized<Writers>,
@@ -309,6 +310,7 @@ pub struct AmendRequest {
         (status = 422, description = "Invalid form", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
+        super::WriteProblems,
 ))]
 pub async fn decision_amend(
     caller: Authorized<Writers>,
@@ -356,6 +358,7 @@ pub struct OverrideRequest {
         (status = 422, description = "Level not declared, no reason, or outside the tool's override policy", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
+        super::WriteProblems,
 ))]
 pub async fn decision_override(
     caller: Authorized<Writers>,
@@ -405,6 +408,7 @@ pub struct ApproveRequest {
         (status = 409, description = "No pending override, or the decision has moved on", body = super::Problem, content_type = "application/problem+json"),
         (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
+        super::WriteProblems,
 ))]
 pub async fn decision_approve(
     caller: Authorized<Supervisors>,

@@ -11,6 +11,7 @@ use crate::auth::Role;
 use crate::decisions::DecisionError;
 use crate::forms::Violation;
 use crate::rules::EvalError;
+use crate::store::StoreError;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -70,6 +71,8 @@ pub enum ApiError {
     TokenConflict(String),
     #[error("the service is not ready")]
     Unavailable,
+    #[error("nothing was stored: {0}")]
+    StoreUnavailable(String),
     #[error("something went wrong on our side; it has been logged")]
     Internal(String),
 }
@@ -132,6 +135,18 @@ pub enum TokenProblems {
         content_type = "application/problem+json"
     )]
     Unauthorized(Problem),
+}
+
+/// The problem every route that writes to the store may answer once a write could not be made
+/// durable (a full or failing disk): 503 for every write until the service is restarted.
+#[derive(utoipa::IntoResponses)]
+pub enum WriteProblems {
+    #[response(
+        status = 503,
+        description = "Nothing was stored: the store could not make an earlier write durable and takes no more until the service is restarted",
+        content_type = "application/problem+json"
+    )]
+    StoreUnavailable(Problem),
 }
 
 impl ApiError {
@@ -238,6 +253,11 @@ impl ApiError {
             Unavailable => (
                 "unavailable",
                 "Service unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            StoreUnavailable(_) => (
+                "store-unavailable",
+                "The store cannot take writes",
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             Internal(_) => (
@@ -376,7 +396,16 @@ impl From<DecisionError> for ApiError {
             DecisionError::FourEyes => ApiError::FourEyes,
             e @ DecisionError::Conflict { .. } => ApiError::Conflict(e.to_string()),
             DecisionError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
-            DecisionError::Store(e) => ApiError::Internal(e.to_string()),
+            DecisionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unwritable(_) => ApiError::StoreUnavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }

@@ -32,7 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::Caller;
-pub use error::{ApiError, BodyProblems, Problem, TokenProblems, PROBLEM_JSON};
+pub use error::{ApiError, BodyProblems, Problem, TokenProblems, WriteProblems, PROBLEM_JSON};
 pub use observe::metrics_handle;
 
 use crate::auth::Tokens;

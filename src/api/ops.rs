@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::Extension;
 
 use super::{ApiError, AppState};
+use crate::store::StoreError;
 
 /// The API description, rendered once at start-up.
 #[derive(Clone)]
@@ -23,14 +24,18 @@ pub async fn health() -> &'static str {
 /// Readiness: the catalog is loaded, the store is open and shutdown has not begun.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = String),
-    (status = 503, description = "Not ready", body = super::Problem, content_type = "application/problem+json")
+    (status = 503, description = "Not ready: starting, stopping, or the store can no longer make writes durable", body = super::Problem, content_type = "application/problem+json")
 ))]
 pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.ready.load(Ordering::SeqCst) {
-        Ok("ready")
-    } else {
-        Err(ApiError::Unavailable)
+    if !state.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable);
     }
+    // A store that could not make a write durable refuses every write until a restart: a load
+    // balancer should send the case systems elsewhere, and an operator restart it.
+    if let Some(reason) = state.decisions.store().write_failure() {
+        return Err(StoreError::Unwritable(reason).into());
+    }
+    Ok("ready")
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -147,7 +147,7 @@ pub struct Appended {
 }
 
 /// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("decision {0} does not exist")]
     UnknownDecision(String),
@@ -165,6 +165,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage failed: {0}")]
     Io(String),
+    /// A write could not be made durable earlier, so none is accepted until a restart (which
+    /// recovers what is on disk). Reads still work.
+    #[error("the store could not make a write durable ({0}); nothing more is stored until the service is restarted")]
+    Unwritable(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -255,4 +259,7 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Stores a token record durably.
     fn put_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// Why the store refuses every write, once a write could not be made durable; `None` while
+    /// it is writable.
+    fn write_failure(&self) -> Option<String>;
 }

@@ -42,8 +42,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,8 @@ pub struct SledStore {
     data_path: PathBuf,
     tx: mpsc::Sender<Command>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Why writes are refused, once one could not be made durable (shared with the writer).
+    failure: Failure,
 }
 
 struct Command {
@@ -130,6 +132,7 @@ impl SledStore {
             .map(|k| k.map(|k| String::from_utf8_lossy(&k[1..]).into_owned()))
             .collect::<Result<HashSet<_>, _>>()?;
         let (tx, rx) = mpsc::channel(8192);
+        let failure = Failure::default();
         let writer = Writer {
             db: db.clone(),
             dir: dir.to_owned(),
@@ -138,7 +141,7 @@ impl SledStore {
             last_millis: last_indexed_millis(&db)?,
             known_snapshots,
             usage: HashMap::new(),
-            failed: Arc::new(AtomicBool::new(false)),
+            failure: failure.clone(),
             max_batch: match options.durability {
                 Durability::Group => options.max_batch.max(1),
                 Durability::SyncPerRequest => 1,
@@ -152,7 +155,15 @@ impl SledStore {
             data_path: dir.join("db"),
             tx,
             writer: Some(writer),
+            failure,
         })
+    }
+
+    /// Flushes sled and `fdatasync`s its data file: a write outside the writer made durable.
+    fn make_durable(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        File::open(&self.data_path)?.sync_data()?;
+        Ok(())
     }
 
     fn revision_at(&self, seq: &[u8]) -> StoreResult<Revision> {
@@ -340,10 +351,10 @@ impl Store for SledStore {
             batch.insert(snapshot_key, encode(snapshot));
         }
         batch.insert(key, encode(&record));
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
-        File::open(&self.data_path)?.sync_data()?;
-        Ok(())
+        self.failure.guard(|| {
+            self.db.apply_batch(batch)?;
+            self.make_durable()
+        })
     }
 
     fn versions(&self, tool_id: &str) -> StoreResult<Vec<super::VersionInfo>> {
@@ -382,10 +393,55 @@ impl Store for SledStore {
 
     fn put_token(&self, token: &TokenRecord) -> StoreResult<()> {
         let key = [b"k".as_slice(), token.hash.as_bytes()].concat();
-        self.db.insert(key, encode(token))?;
-        self.db.flush()?;
-        File::open(&self.data_path)?.sync_data()?;
-        Ok(())
+        self.failure.guard(|| {
+            self.db.insert(key, encode(token))?;
+            self.make_durable()
+        })
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.failure.reason()
+    }
+}
+
+/// Why the store refuses writes: set once, by the first write that could not be made durable.
+/// After a failed flush or `fdatasync` what is on disk is unknown (the kernel may have dropped
+/// the dirty pages it could not write), so nothing more may be acknowledged; a restart recovers
+/// the store from what did reach the disk.
+#[derive(Debug, Clone, Default)]
+struct Failure(Arc<OnceLock<String>>);
+
+impl Failure {
+    fn reason(&self) -> Option<String> {
+        self.0.get().cloned()
+    }
+
+    /// The error every write gets once the store has failed.
+    fn refusal(&self) -> Option<StoreError> {
+        self.0
+            .get()
+            .map(|reason| StoreError::Unwritable(reason.clone()))
+    }
+
+    /// Runs `write` unless the store has failed; an I/O error from it fails the store.
+    fn guard<T>(&self, write: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        write().map_err(|e| self.fail(e))
+    }
+
+    /// Records `e` as the reason writes are refused, if it is an I/O error, and returns the
+    /// error to answer with.
+    fn fail(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Io(reason) => {
+                let _ = self.0.set(reason.clone());
+                tracing::error!(error = %reason, "a write could not be made durable; the store refuses writes until the service is restarted");
+                StoreError::Unwritable(reason)
+            }
+            other => other,
+        }
     }
 }
 
@@ -506,9 +562,8 @@ struct Writer {
     known_snapshots: HashSet<String>,
     /// Usage of each tool version, as last written, keyed like the store's `u` records.
     usage: HashMap<Vec<u8>, super::VersionInfo>,
-    /// Set when a batch could not be made durable: from then on nothing is acknowledged, since
-    /// what is on disk can no longer be known without a restart (which recovers it).
-    failed: Arc<AtomicBool>,
+    /// Set when a batch could not be made durable: from then on nothing is acknowledged.
+    failure: Failure,
     max_batch: usize,
 }
 
@@ -537,11 +592,9 @@ impl Writer {
     fn commit(&mut self, commands: Vec<Command>) {
         let started = Instant::now();
         let batch_began = SystemTime::now();
-        if self.failed.load(Ordering::SeqCst) {
+        if let Some(refusal) = self.failure.refusal() {
             for c in commands {
-                let _ = c.reply.send(Err(StoreError::Io(
-                    "an earlier write could not be made durable; restart the service".into(),
-                )));
+                let _ = c.reply.send(Err(refusal.clone()));
             }
             return;
         }
@@ -568,11 +621,10 @@ impl Writer {
             batch.insert(b"h".as_slice(), encode(&self.head));
             phase_done("prepare", preparing);
             if let Err(e) = self.make_durable(batch, batch_began) {
-                tracing::error!(error = %e, "a batch could not be made durable");
-                self.failed.store(true, Ordering::SeqCst);
+                let refusal = self.failure.fail(e);
                 self.head = head_before;
                 for (reply, _) in answers {
-                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                    let _ = reply.send(Err(refusal.clone()));
                 }
                 return;
             }

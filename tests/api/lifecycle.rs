@@ -625,3 +625,113 @@ async fn an_open_file_limit_below_max_connections_is_warned_about_and_the_servic
         serve_with_open_files(&site, 200, 400, &[("SAFEGUARD_MAX_CONNECTIONS", "300")]).await;
     assert!(open_file_warnings(&server).is_empty(), "{}", server.log());
 }
+
+/// Submits a decision for `case` and returns the answer's status and body.
+async fn submit(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    case: &str,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{}/v1/cases/{case}/decisions", server.address))
+        .bearer_auth(token)
+        .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
+        .send()
+        .await
+        .expect("the server answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_serving_reads_and_recovers_on_restart(
+) {
+    let client = client();
+    let site = Site::new();
+    // sled's data file may not grow past ~1.5 MB: a flush past it fails (EFBIG), as one fails on
+    // a full disk (ENOSPC). The service ignores SIGXFSZ, whose default action would end it.
+    let command = site.command(
+        "prlimit",
+        ["--fsize=1500000", env!("CARGO_BIN_EXE_safeguard"), "serve"],
+    );
+    let server = Server::launch(command, &site, 0, &client, WITH_REQUESTS, &[]).await;
+
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        assert!(
+            acknowledged.len() < 5_000,
+            "the file-size limit never stopped a write"
+        );
+        let case = format!("full-{}", acknowledged.len());
+        match submit(&client, &server, &site.practitioner, &case).await {
+            (201, decision) => acknowledged.push(decision),
+            (_, problem) => break problem,
+        }
+    };
+    assert!(!acknowledged.is_empty(), "the limit left no room to start");
+    assert_eq!(refused["status"], 503, "{refused}");
+    assert_eq!(refused["type"], "/problems/store-unavailable", "{refused}");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("nothing was stored") && detail.contains("restarted"),
+        "the problem says what happened and what to do: {detail}"
+    );
+    // Every later write is refused the same way, without trying the disk again.
+    let (status, again) = submit(&client, &server, &site.practitioner, "full-after").await;
+    assert_eq!(
+        (status, &again["type"]),
+        (503, &json!("/problems/store-unavailable"))
+    );
+    // Reads still work, and readiness says the instance should take no more decisions.
+    let first = acknowledged[0]["id"].as_str().unwrap();
+    let read = client
+        .get(format!("{}/v1/decisions/{first}", server.address))
+        .bearer_auth(&site.practitioner)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(read.status(), StatusCode::OK);
+    let ready = client
+        .get(format!("{}/readyz", server.address))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.expect("a problem");
+    assert_eq!(ready["type"], "/problems/store-unavailable", "{ready}");
+    assert!(
+        server.log_lines().iter().any(|l| l["level"] == "ERROR"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be made durable"))),
+        "the failure is logged as an error:\n{}",
+        server.log()
+    );
+    drop(server);
+
+    // Restarted without the limit, the store recovers: every acknowledged decision reads back as
+    // it was acknowledged, the chain is whole, and writes are taken again.
+    let server = Server::start(&site, 1, &client).await;
+    for decision in &acknowledged {
+        let id = decision["id"].as_str().unwrap();
+        let read: Value = client
+            .get(format!("{}/v1/decisions/{id}", server.address))
+            .bearer_auth(&site.practitioner)
+            .send()
+            .await
+            .expect("the restarted server answers")
+            .json()
+            .await
+            .expect("a decision");
+        assert_eq!(&read, decision);
+    }
+    let stored = journal_length(&client, &server, &site).await;
+    assert!(
+        stored == acknowledged.len() as u64 || stored == acknowledged.len() as u64 + 1,
+        "{stored} revisions for {} acknowledged (the refused one may have reached the disk)",
+        acknowledged.len()
+    );
+    let (status, _) = submit(&client, &server, &site.practitioner, "after-restart").await;
+    assert_eq!(status, 201);
+}
