@@ -186,6 +186,20 @@ fn find(lines: &[Value], message: &str, fields: &[(&str, Value)]) -> Option<usiz
     })
 }
 
+/// The lines `server` logged at `level` whose message contains `text`.
+fn logged(server: &Server, level: &str, text: &str) -> Vec<Value> {
+    server
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["level"] == level
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(text))
+        })
+        .collect()
+}
+
 /// Signals a server holding a submit in flight, and checks each step of a graceful stop.
 async fn stops_gracefully_on(signal: Signal) {
     let client = client();
@@ -500,12 +514,8 @@ async fn a_request_stuck_in_flight_holds_the_shutdown_only_for_the_grace_period(
         signalled.elapsed() < Duration::from_secs(300),
         "the shutdown waited for the read timeout instead of the grace period"
     );
-    let lines = server.log_lines();
     assert!(
-        lines.iter().any(|l| l["level"] == "WARN"
-            && l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("shutdown grace period"))),
+        !logged(&server, "WARN", "shutdown grace period").is_empty(),
         "the cut-off is logged as a warning:\n{}",
         server.log()
     );
@@ -592,16 +602,7 @@ async fn serve_with_open_files(site: &Site, soft: u32, hard: u32, env: &[(&str, 
 
 /// The service's warnings about the open-file limit, from its log.
 fn open_file_warnings(server: &Server) -> Vec<Value> {
-    server
-        .log_lines()
-        .into_iter()
-        .filter(|l| {
-            l["level"] == "WARN"
-                && l["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("open-file limit"))
-        })
-        .collect()
+    logged(server, "WARN", "open-file limit")
 }
 
 #[tokio::test]
@@ -701,10 +702,7 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
     let ready: Value = ready.json().await.expect("a problem");
     assert_eq!(ready["type"], "/problems/store-unavailable", "{ready}");
     assert!(
-        server.log_lines().iter().any(|l| l["level"] == "ERROR"
-            && l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("could not be made durable"))),
+        !logged(&server, "ERROR", "could not be made durable").is_empty(),
         "the failure is logged as an error:\n{}",
         server.log()
     );
