@@ -40,7 +40,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
-pub async fn metrics() -> impl IntoResponse {
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Read at each scrape, so an alert can fire on a store that takes no more writes.
+    let writable = state.decisions.store().write_failure().is_none();
+    metrics::gauge!("safeguard_store_writable").set(if writable { 1.0 } else { 0.0 });
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         super::metrics_handle().render(),

@@ -80,6 +80,7 @@ async fn metrics_count_requests_decisions_and_commit_batches() {
         "safeguard_commit_batch_size",
         "safeguard_commit_seconds",
         "safeguard_commit_phase_seconds_sum{phase=\"sync\"}",
+        "safeguard_store_writable 1",
     ] {
         assert!(text.contains(name), "{name} is missing from:\n{text}");
     }

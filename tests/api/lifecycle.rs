@@ -701,6 +701,18 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ready: Value = ready.json().await.expect("a problem");
     assert_eq!(ready["type"], "/problems/store-unavailable", "{ready}");
+    let metrics = client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("safeguard_store_writable 0"),
+        "the metrics say the store takes no writes:\n{metrics}"
+    );
     assert!(
         !logged(&server, "ERROR", "could not be made durable").is_empty(),
         "the failure is logged as an error:\n{}",
