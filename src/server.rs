@@ -18,10 +18,28 @@ use crate::store::{SledStore, Store, StoreError};
 pub enum StartError {
     #[error("the catalog has {} problem(s); nothing is served until they are fixed:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Catalog(Vec<LoadError>),
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    // Not `#[from]`: that would also make the store error this one's source, and the chain
+    // printed at exit would say it twice.
+    #[error("cannot open the store: {error}{hint}", error = .0, hint = held_elsewhere(.0))]
+    Store(StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> Self {
+        StartError::Store(e)
+    }
+}
+
+/// What to check when sled could not lock its files: another process has the store open.
+fn held_elsewhere(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Io(message) if message.contains("could not acquire lock") => {
+            " (another process has this data folder open: is the service already running?)"
+        }
+        _ => "",
+    }
 }
 
 /// A built service, bound and ready to run.

@@ -745,3 +745,33 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
     let (status, _) = submit(&client, &server, &site.practitioner, "after-restart").await;
     assert_eq!(status, 201);
 }
+
+#[tokio::test]
+async fn a_second_service_on_the_same_data_folder_is_refused_with_a_clear_reason() {
+    let client = client();
+    let site = Site::new();
+    let server = Server::start(&site, 0, &client).await;
+
+    let mut second = site.safeguard(["serve"]);
+    second.env("SAFEGUARD_LISTEN", "127.0.0.1:0");
+    let output = second.output().expect("the binary runs");
+
+    assert!(!output.status.success(), "a second service started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is the service already running?"),
+        "the reason names the likely cause: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("could not acquire lock").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+    // The first service is untouched.
+    let health = client
+        .get(format!("{}/healthz", server.address))
+        .send()
+        .await
+        .expect("the first server answers");
+    assert_eq!(health.status(), StatusCode::OK);
+}
