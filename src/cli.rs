@@ -240,13 +240,7 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// The store, for a command that must run while the service is stopped.
 fn open_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStore> {
-    let config = load_config(file)?;
-    SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
-        format!(
-            "cannot open the store in {} (is the service running?)",
-            config.data_dir.display()
-        )
-    })
+    open_store(&load_config(file)?)
 }
 
 fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
@@ -311,10 +305,16 @@ fn load_catalog(config: &Config) -> anyhow::Result<crate::catalog::Catalog> {
     })
 }
 
+/// The store, for a command of its own (the service holds it while it runs).
 fn open_store(config: &Config) -> anyhow::Result<SledStore> {
-    SledStore::open(&config.data_dir, config.store_options()).with_context(|| {
-        format!(
-            "cannot open the store in {} (is the service running? use the API while it is)",
+    SledStore::open(&config.data_dir, config.store_options()).map_err(|e| {
+        let hint = if e.held_by_another_process() {
+            " (is the service running? use the API while it is)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "cannot open the store in {}{hint}: {e}",
             config.data_dir.display()
         )
     })

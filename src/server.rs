@@ -34,11 +34,10 @@ impl From<StoreError> for StartError {
 
 /// What to check when sled could not lock its files: another process has the store open.
 fn held_elsewhere(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Io(message) if message.contains("could not acquire lock") => {
-            " (another process has this data folder open: is the service already running?)"
-        }
-        _ => "",
+    if e.held_by_another_process() {
+        " (another process has this data folder open: is the service already running?)"
+    } else {
+        ""
     }
 }
 

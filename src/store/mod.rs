@@ -171,6 +171,14 @@ pub enum StoreError {
     Unwritable(String),
 }
 
+impl StoreError {
+    /// Whether the store could not be opened because another process has it open (sled locks
+    /// its files): most often the service itself, running.
+    pub fn held_by_another_process(&self) -> bool {
+        matches!(self, StoreError::Io(message) if message.contains("could not acquire lock"))
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Io(e.to_string())

@@ -116,12 +116,12 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` and starts its writer.
     pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<SledStore> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             // The writer flushes every batch itself; a background flusher would only add I/O.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        let db = open_or_explain(&config)?;
         // The directory entries of a new store must be durable too.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
@@ -401,6 +401,25 @@ impl Store for SledStore {
 
     fn write_failure(&self) -> Option<String> {
         self.failure.reason()
+    }
+}
+
+/// Opens sled's store in `dir`. sled 0.34 panics, rather than returning an error, when its
+/// recovery meets some kinds of damage in the data file (bytes overwritten inside its log); that
+/// becomes [`StoreError::Corrupt`], instead of a panic from inside sled.
+fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(opened) => Ok(opened?),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no reason given".into());
+            Err(StoreError::Corrupt(format!(
+                "sled could not recover it ({why}); restore the data folder from a backup"
+            )))
+        }
     }
 }
 
