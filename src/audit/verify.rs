@@ -56,6 +56,10 @@ fn verify_in_chunks(
     progress: &(dyn Fn(u64) + Sync),
     chunk_size: u64,
 ) -> Result<VerifyReport, StoreError> {
+    // The anchor before the head: a batch made durable in between moves the head, never the
+    // anchor past it.
+    let anchor = store.anchor()?;
+    let mut anchored_hash = None;
     let head = store.head()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     // Chunk i holds seqs i*chunk_size+1 ..= (i+1)*chunk_size; the last one also takes whatever lies past
@@ -118,6 +122,9 @@ fn verify_in_chunks(
                                 "its prev_hash {stored_prev} is not the hash of the revision before it ({prev_hash})"
                             )),
                             Ok((stored, _, _)) => {
+                                if anchor.as_ref().is_some_and(|a| a.seq == c.seq) {
+                                    anchored_hash = Some(stored.clone());
+                                }
                                 prev_hash = stored.clone();
                                 None
                             }
@@ -143,6 +150,28 @@ fn verify_in_chunks(
                     head.seq,
                     head.hash,
                     expected_seq - 1
+                ),
+            });
+        }
+    }
+    if let (None, Some(anchor)) = (&report.first_break, &anchor) {
+        let end = expected_seq - 1;
+        if anchor.seq > end {
+            report.first_break = Some(Break {
+                seq: expected_seq,
+                reason: format!(
+                    "the journal ends at revision {end}, but revisions up to {} were made durable (the store's anchor file says so): revisions are missing from the end, as when the store's files were damaged",
+                    anchor.seq
+                ),
+            });
+        } else if anchored_hash.as_ref() != Some(&anchor.hash) {
+            report.first_break = Some(Break {
+                seq: anchor.seq,
+                reason: format!(
+                    "the store's anchor file says revision {} has hash {}, but the journal's has {}",
+                    anchor.seq,
+                    anchor.hash,
+                    anchored_hash.as_deref().unwrap_or("none")
                 ),
             });
         }

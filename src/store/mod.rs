@@ -270,4 +270,7 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store refuses every write, once a write could not be made durable; `None` while
     /// it is writable.
     fn write_failure(&self) -> Option<String>;
+    /// The head as the writer last recorded it outside the store's own files, after a durable
+    /// batch: the journal must reach it. `None` when there is none yet, or it is unreadable.
+    fn anchor(&self) -> StoreResult<Option<Head>>;
 }

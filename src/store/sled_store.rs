@@ -41,6 +41,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -96,6 +97,8 @@ pub struct SledStore {
     writer: Option<std::thread::JoinHandle<()>>,
     /// Why writes are refused, once one could not be made durable (shared with the writer).
     failure: Failure,
+    /// Where the writer records the head after each durable batch ([`Store::anchor`]).
+    anchor_path: PathBuf,
 }
 
 struct Command {
@@ -125,6 +128,12 @@ impl SledStore {
         // The directory entries of a new store must be durable too.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
+        let anchor_path = dir.join(ANCHOR_FILE);
+        let anchor = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&anchor_path)?;
         let head = read_head(&db)?;
         let known_snapshots = db
             .scan_prefix(b"s")
@@ -142,6 +151,7 @@ impl SledStore {
             known_snapshots,
             usage: HashMap::new(),
             failure: failure.clone(),
+            anchor,
             max_batch: match options.durability {
                 Durability::Group => options.max_batch.max(1),
                 Durability::SyncPerRequest => 1,
@@ -156,6 +166,7 @@ impl SledStore {
             tx,
             writer: Some(writer),
             failure,
+            anchor_path,
         })
     }
 
@@ -402,6 +413,38 @@ impl Store for SledStore {
     fn write_failure(&self) -> Option<String> {
         self.failure.reason()
     }
+
+    fn anchor(&self) -> StoreResult<Option<Head>> {
+        match std::fs::read_to_string(&self.anchor_path) {
+            Ok(text) => Ok(parse_anchor(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The file, in the store's folder, where the writer records the head after each durable batch.
+/// sled rewrites its own files as it likes and, when its recovery meets damage, can end the
+/// journal early without an error; this small file is how `verify` notices.
+const ANCHOR_FILE: &str = "anchor";
+
+/// `<seq> <hash> <check>`, where the check is the SHA-256 of `<seq> <hash>`, so a torn write of
+/// the line is read as no anchor, never as a wrong one.
+fn anchor_line(head: &Head) -> String {
+    let fields = format!("{} {}", head.seq, head.hash);
+    format!("{fields} {}\n", super::sha256(fields.as_bytes()))
+}
+
+fn parse_anchor(text: &str) -> Option<Head> {
+    let mut parts = text.lines().next()?.split(' ');
+    let (seq, hash, check) = (parts.next()?, parts.next()?, parts.next()?);
+    let whole =
+        parts.next().is_none() && super::sha256(format!("{seq} {hash}").as_bytes()) == check;
+    whole.then_some(())?;
+    Some(Head {
+        seq: seq.parse().ok()?,
+        hash: hash.to_owned(),
+    })
 }
 
 /// Opens sled's store in `dir`. sled 0.34 panics, rather than returning an error, when its
@@ -583,6 +626,8 @@ struct Writer {
     usage: HashMap<Vec<u8>, super::VersionInfo>,
     /// Set when a batch could not be made durable: from then on nothing is acknowledged.
     failure: Failure,
+    /// The anchor file ([`ANCHOR_FILE`]), rewritten in place after each durable batch.
+    anchor: File,
     max_batch: usize,
 }
 
@@ -646,6 +691,16 @@ impl Writer {
                     let _ = reply.send(Err(refusal.clone()));
                 }
                 return;
+            }
+            // After the batch is on disk, never before: the anchor may lag the journal (a crash
+            // between the two), never lead it. No fdatasync: it only has to outlive damage to
+            // sled's files, and the line only grows, so writing it over the last one in place
+            // leaves nothing of the old one behind.
+            if let Err(e) = self
+                .anchor
+                .write_all_at(anchor_line(&self.head).as_bytes(), 0)
+            {
+                tracing::warn!(error = %e, "the anchor file could not be written");
             }
             self.known_snapshots.extend(overlay.snapshots);
             metrics::histogram!("safeguard_commit_batch_size").record(wrote as f64);

@@ -52,7 +52,8 @@ impl Site {
         site
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The store's folder.
+    pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
     }
 
