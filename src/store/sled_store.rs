@@ -438,9 +438,9 @@ fn anchor_line(head: &Head) -> String {
 fn parse_anchor(text: &str) -> Option<Head> {
     let mut parts = text.lines().next()?.split(' ');
     let (seq, hash, check) = (parts.next()?, parts.next()?, parts.next()?);
-    let whole =
-        parts.next().is_none() && super::sha256(format!("{seq} {hash}").as_bytes()) == check;
-    whole.then_some(())?;
+    if parts.next().is_some() || super::sha256(format!("{seq} {hash}").as_bytes()) != check {
+        return None;
+    }
     Some(Head {
         seq: seq.parse().ok()?,
         hash: hash.to_owned(),
@@ -485,7 +485,7 @@ impl Failure {
             .map(|reason| StoreError::Unwritable(reason.clone()))
     }
 
-    /// Runs `write` unless the store has failed; an I/O error from it fails the store.
+    /// Runs `write` unless the store has failed; an error from it fails the store.
     fn guard<T>(&self, write: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
@@ -493,17 +493,17 @@ impl Failure {
         write().map_err(|e| self.fail(e))
     }
 
-    /// Records `e` as the reason writes are refused, if it is an I/O error, and returns the
-    /// error to answer with.
+    /// Records `e`, an error met while making a write durable, as the reason writes are refused
+    /// from now on, and returns the error to answer with.
     fn fail(&self, e: StoreError) -> StoreError {
-        match e {
-            StoreError::Io(reason) => {
-                let _ = self.0.set(reason.clone());
-                tracing::error!(error = %reason, "a write could not be made durable; the store refuses writes until the service is restarted");
-                StoreError::Unwritable(reason)
-            }
-            other => other,
+        let reason = match e {
+            StoreError::Io(reason) => reason,
+            other => other.to_string(),
+        };
+        if self.0.set(reason.clone()).is_ok() {
+            tracing::error!(error = %reason, "a write could not be made durable; the store refuses writes until the service is restarted");
         }
+        StoreError::Unwritable(reason)
     }
 }
 
