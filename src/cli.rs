@@ -307,17 +307,8 @@ fn load_catalog(config: &Config) -> anyhow::Result<crate::catalog::Catalog> {
 
 /// The store, for a command of its own (the service holds it while it runs).
 fn open_store(config: &Config) -> anyhow::Result<SledStore> {
-    SledStore::open(&config.data_dir, config.store_options()).map_err(|e| {
-        let hint = if e.held_by_another_process() {
-            " (is the service running? use the API while it is)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!(
-            "cannot open the store in {}{hint}: {e}",
-            config.data_dir.display()
-        )
-    })
+    SledStore::open(&config.data_dir, config.store_options())
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
 }
 
 fn counter(message: &'static str, total: Option<u64>) -> indicatif::ProgressBar {

@@ -20,7 +20,7 @@ pub enum StartError {
     Catalog(Vec<LoadError>),
     // Not `#[from]`: that would also make the store error this one's source, and the chain
     // printed at exit would say it twice.
-    #[error("cannot open the store: {error}{hint}", error = .0, hint = held_elsewhere(.0))]
+    #[error("cannot open the store: {0}")]
     Store(StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -29,15 +29,6 @@ pub enum StartError {
 impl From<StoreError> for StartError {
     fn from(e: StoreError) -> Self {
         StartError::Store(e)
-    }
-}
-
-/// What to check when sled could not lock its files: another process has the store open.
-fn held_elsewhere(e: &StoreError) -> &'static str {
-    if e.held_by_another_process() {
-        " (another process has this data folder open: is the service already running?)"
-    } else {
-        ""
     }
 }
 

@@ -165,18 +165,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage failed: {0}")]
     Io(String),
+    /// Another process has the store open (sled locks its files): most often the service itself.
+    #[error("another process has this data folder open ({0}): is the service running? While it runs, use its API")]
+    Locked(String),
     /// A write could not be made durable earlier, so none is accepted until a restart (which
     /// recovers what is on disk). Reads still work.
     #[error("the store could not make a write durable ({0}); nothing more is stored until the service is restarted")]
     Unwritable(String),
-}
-
-impl StoreError {
-    /// Whether the store could not be opened because another process has it open (sled locks
-    /// its files): most often the service itself, running.
-    pub fn held_by_another_process(&self) -> bool {
-        matches!(self, StoreError::Io(message) if message.contains("could not acquire lock"))
-    }
 }
 
 impl From<sled::Error> for StoreError {

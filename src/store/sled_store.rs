@@ -447,11 +447,14 @@ fn parse_anchor(text: &str) -> Option<Head> {
     })
 }
 
-/// Opens sled's store in `dir`. sled 0.34 panics, rather than returning an error, when its
-/// recovery meets some kinds of damage in the data file (bytes overwritten inside its log); that
-/// becomes [`StoreError::Corrupt`], instead of a panic from inside sled.
+/// Opens sled's store. Its lock held by another process is [`StoreError::Locked`]; and sled 0.34
+/// panics, rather than returning an error, when its recovery meets some kinds of damage in the
+/// data file (bytes overwritten inside its log), which becomes [`StoreError::Corrupt`].
 fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Err(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked(e.to_string()))
+        }
         Ok(opened) => Ok(opened?),
         Err(panic) => {
             let why = panic

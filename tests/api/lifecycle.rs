@@ -751,7 +751,7 @@ async fn a_second_service_on_the_same_data_folder_is_refused_with_a_clear_reason
     assert!(!output.status.success(), "a second service started");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("is the service already running?"),
+        stderr.contains("is the service running?"),
         "the reason names the likely cause: {stderr}"
     );
     assert_eq!(
