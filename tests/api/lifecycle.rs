@@ -768,20 +768,6 @@ async fn a_second_service_on_the_same_data_folder_is_refused_with_a_clear_reason
     assert_eq!(health.status(), StatusCode::OK);
 }
 
-/// `safeguard verify` on the stopped store of `site`: whether it passed, and what it printed.
-fn verify_stopped(site: &Site) -> (bool, String) {
-    let output = site
-        .safeguard(["verify"])
-        .output()
-        .expect("the binary runs");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), printed)
-}
-
 /// An anchor line as the writer writes it: `<seq> <hash> <sha256 of "<seq> <hash>">`.
 fn anchor_line(seq: u64, hash: &str) -> String {
     let fields = format!("{seq} {hash}");
@@ -807,24 +793,24 @@ async fn verify_finds_revisions_missing_from_the_end_by_the_anchor_the_writer_ke
     let written = std::fs::read_to_string(&anchor).expect("the writer keeps an anchor");
     let hash = last["hash"].as_str().unwrap();
     assert_eq!(written, anchor_line(3, hash));
-    let (ok, printed) = verify_stopped(&site);
+    let (ok, printed) = site.verify();
     assert!(ok, "{printed}");
 
     // A journal that ends before the anchor (as when sled's recovery stops at damage in its
     // files) is reported, though its chain is whole as far as it goes.
     std::fs::write(&anchor, anchor_line(5, "sha256:0000")).unwrap();
-    let (ok, printed) = verify_stopped(&site);
+    let (ok, printed) = site.verify();
     assert!(!ok, "{printed}");
     assert!(printed.contains("missing from the end"), "{printed}");
 
     // So is a revision whose hash is not the one the anchor recorded for it.
     std::fs::write(&anchor, anchor_line(3, "sha256:0000")).unwrap();
-    let (ok, printed) = verify_stopped(&site);
+    let (ok, printed) = site.verify();
     assert!(!ok, "{printed}");
     assert!(printed.contains("anchor file says revision 3"), "{printed}");
 
     // A torn line (its check does not match) is no anchor: nothing to compare with.
     std::fs::write(&anchor, "5 sha256:0000 sha256:1111\n").unwrap();
-    let (ok, printed) = verify_stopped(&site);
+    let (ok, printed) = site.verify();
     assert!(ok, "{printed}");
 }

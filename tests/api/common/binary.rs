@@ -90,6 +90,21 @@ impl Site {
         command
     }
 
+    /// `safeguard verify` on this site's stopped store: whether it passed, and what it printed
+    /// (standard output, then standard error).
+    pub fn verify(&self) -> (bool, String) {
+        let output = self
+            .safeguard(["verify"])
+            .output()
+            .expect("safeguard verify runs");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), printed)
+    }
+
     /// A new token of `role`, made with the CLI; only while no server runs on this site.
     pub fn token_create(&self, role: &str) -> String {
         let output = run(self.safeguard(["token", "create", "--role", role, "--subject", "site"]));
