@@ -32,6 +32,17 @@ impl From<StoreError> for StartError {
     }
 }
 
+/// Why a service that started did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
+    /// The store stopped taking writes while the service ran (every write after it was refused
+    /// with a 503). It stopped in order, but a supervisor must hear that it did not run well.
+    #[error("stopped after the store failed: {0}")]
+    StoreFailed(StoreError),
+}
+
 /// A built service, bound and ready to run.
 pub struct Server {
     state: AppState,
@@ -100,11 +111,12 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight and closes the
-    /// store, which writes out every queued append before this returns.
+    /// store, which writes out every queued append before this returns. Stopping after the store
+    /// failed is an error, so the exit status of `serve` says the service did not run well.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), RunError> {
         let Server {
             state,
             store,
@@ -113,11 +125,18 @@ impl Server {
             ..
         } = self;
         api::serve(listener, state, options, shutdown).await?;
-        // The last handle to the store closes it on a blocking thread: the writer is joined.
-        tokio::task::spawn_blocking(move || drop(store))
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok(())
+        // The last handle to the store closes it on a blocking thread: the writer is joined, so
+        // a failure of the last appends it wrote is seen too.
+        let failure = match Arc::try_unwrap(store) {
+            Ok(store) => tokio::task::spawn_blocking(move || store.close()).await,
+            // Someone still holds it (nothing does once serving has ended): it closes with them.
+            Err(shared) => Ok(shared.write_failure()),
+        }
+        .map_err(std::io::Error::other)?;
+        match failure {
+            Some(e) => Err(RunError::StoreFailed(e)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use axum::response::IntoResponse;
 use axum::Extension;
 
 use super::{ApiError, AppState};
-use crate::store::StoreError;
 
 /// The API description, rendered once at start-up.
 #[derive(Clone)]
@@ -32,8 +31,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
     }
     // A store that could not make a write durable refuses every write until a restart: a load
     // balancer should send the case systems elsewhere, and an operator restart it.
-    if let Some(reason) = state.decisions.store().write_failure() {
-        return Err(StoreError::Unwritable(reason).into());
+    if let Some(refusal) = state.decisions.store().write_failure() {
+        return Err(refusal.into());
     }
     Ok("ready")
 }

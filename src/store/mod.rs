@@ -262,9 +262,9 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Stores a token record durably.
     fn put_token(&self, token: &TokenRecord) -> StoreResult<()>;
-    /// Why the store refuses every write, once a write could not be made durable; `None` while
-    /// it is writable.
-    fn write_failure(&self) -> Option<String>;
+    /// The refusal every write gets once a write could not be made durable (a
+    /// [`StoreError::Unwritable`] saying why); `None` while the store is writable.
+    fn write_failure(&self) -> Option<StoreError>;
     /// The head as the writer last recorded it outside the store's own files, after a durable
     /// batch: the journal must reach it. `None` when there is none yet, or it is unreadable.
     fn anchor(&self) -> StoreResult<Option<Head>>;

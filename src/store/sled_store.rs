@@ -188,15 +188,29 @@ impl SledStore {
     }
 }
 
-impl Drop for SledStore {
+impl SledStore {
+    /// Closes the store (as dropping it does) and returns the refusal its writes got, if a write
+    /// could not be made durable while it was open, or while the last queued appends were
+    /// written.
+    pub fn close(mut self) -> Option<StoreError> {
+        self.stop_writer();
+        self.failure.refusal()
+    }
+
     /// Closing the channel lets the writer finish every queued append, flush and stop; waiting
     /// for it means nothing acknowledged is ever left behind.
-    fn drop(&mut self) {
+    fn stop_writer(&mut self) {
         let (tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
@@ -410,8 +424,8 @@ impl Store for SledStore {
         })
     }
 
-    fn write_failure(&self) -> Option<String> {
-        self.failure.reason()
+    fn write_failure(&self) -> Option<StoreError> {
+        self.failure.refusal()
     }
 
     fn anchor(&self) -> StoreResult<Option<Head>> {
@@ -477,10 +491,6 @@ fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
 struct Failure(Arc<OnceLock<String>>);
 
 impl Failure {
-    fn reason(&self) -> Option<String> {
-        self.0.get().cloned()
-    }
-
     /// The error every write gets once the store has failed.
     fn refusal(&self) -> Option<StoreError> {
         self.0

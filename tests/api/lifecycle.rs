@@ -710,7 +710,19 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
         "the failure is logged as an error:\n{}",
         server.log()
     );
-    drop(server);
+    // Told to stop, it stops in order but exits with a failure saying why: a supervisor that
+    // only sees the exit status must still hear that the service did not run well.
+    let mut server = server;
+    server.signal(Signal::SIGTERM);
+    let status = server.exited().await;
+    assert!(!status.success(), "exited {status} after the store failed");
+    assert!(
+        server.log().contains(
+            "error: stopped after the store failed: the store could not make a write durable"
+        ),
+        "the exit says why:\n{}",
+        server.log()
+    );
 
     // Restarted without the limit, the store recovers: every acknowledged decision reads back as
     // it was acknowledged, the chain is whole, and writes are taken again.

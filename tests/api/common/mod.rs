@@ -12,7 +12,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use safeguard::auth::Role;
 use safeguard::config::Config;
-use safeguard::server::Server;
+use safeguard::server::{RunError, Server};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -39,7 +39,7 @@ pub struct TestApp {
     /// The catalog root the service serves, and serves again after a restart.
     tools_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
+    handle: Option<JoinHandle<Result<(), RunError>>>,
 }
 
 /// The subject the token of `role` carries.
@@ -69,7 +69,11 @@ async fn build(data_dir: &Path, tools_dir: &Path) -> Server {
         .unwrap_or_else(|e| panic!("the service starts: {e}"))
 }
 
-type Running = (String, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>);
+type Running = (
+    String,
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), RunError>>,
+);
 
 /// Runs `server` on a task until its shutdown sender fires.
 fn launch(server: Server) -> Running {
