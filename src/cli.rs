@@ -20,7 +20,7 @@ use crate::store::{SledStore, Store};
 struct Cli {
     /// A TOML configuration file (default: ./safeguard.toml when it exists). SAFEGUARD_*
     /// environment variables override it.
-    #[arg(long, global = true, env = "SAFEGUARD_CONFIG")]
+    #[arg(long, global = true, env = crate::config::FILE_VARIABLE)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,

@@ -74,6 +74,13 @@ impl Default for Config {
 /// The file read when no other is named, if it exists.
 pub const DEFAULT_FILE: &str = "safeguard.toml";
 
+/// The variable naming the configuration file (as `--config` does). It shares the settings'
+/// `SAFEGUARD_` prefix but is not a setting, so the settings do not read it.
+pub const FILE_VARIABLE: &str = "SAFEGUARD_CONFIG";
+
+/// The prefix of the variables that override settings: `SAFEGUARD_DATA_DIR` sets `data_dir`.
+const PREFIX: &str = "SAFEGUARD_";
+
 impl Config {
     /// Defaults, then `file` (or `safeguard.toml` if present), then `SAFEGUARD_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
@@ -83,7 +90,7 @@ impl Config {
             None => figment = figment.merge(Toml::file(DEFAULT_FILE)),
         }
         let config: Config = figment
-            .merge(Env::prefixed("SAFEGUARD_"))
+            .merge(Env::prefixed(PREFIX).ignore(&[&FILE_VARIABLE[PREFIX.len()..]]))
             .extract()
             .map_err(Box::new)?;
         if config.read_timeout_secs == 0 {
@@ -157,6 +164,21 @@ mod tests {
             assert_eq!(options.read_timeout, Duration::from_secs(1));
             assert_eq!(options.shutdown_grace, Duration::ZERO);
             assert_eq!(options.max_connections, 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_variable_naming_the_file_is_not_read_as_a_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "max_batch = 8\n")?;
+            jail.set_env(FILE_VARIABLE, "s.toml");
+            let config = Config::load(Some(Path::new("s.toml"))).map_err(|e| *e)?;
+            assert_eq!(config.max_batch, 8);
+            // Any other variable with the prefix is a setting, and an unknown one is refused.
+            jail.set_env("SAFEGUARD_CONFIGURATION", "s.toml");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("configuration"), "{err}");
             Ok(())
         });
     }

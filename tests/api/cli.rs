@@ -224,6 +224,39 @@ fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool
 }
 
 #[test]
+fn the_configuration_file_can_be_named_by_its_variable() {
+    let root = tempfile::tempdir().expect("a temp folder");
+    let data = root.path().join("from-the-file");
+    let file = root.path().join("site.toml");
+    fs::write(
+        &file,
+        format!("data_dir = {:?}\n", data.display().to_string()),
+    )
+    .expect("write");
+
+    let created = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["token", "create", "--role", "auditor", "--subject", "ann"])
+        .env(safeguard::config::FILE_VARIABLE, &file)
+        .env_remove("SAFEGUARD_DATA_DIR")
+        .current_dir(root.path())
+        .output()
+        .expect("the safeguard binary runs");
+
+    assert!(created.status.success(), "{created:?}");
+    // The store is where the file says, read back with the file named by `--config`.
+    let listed = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["token", "list", "--config"])
+        .arg(&file)
+        .env_remove(safeguard::config::FILE_VARIABLE)
+        .env_remove("SAFEGUARD_DATA_DIR")
+        .current_dir(root.path())
+        .output()
+        .expect("the safeguard binary runs");
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(token_line(&stdout(&listed), "ann")[1], "auditor");
+}
+
+#[test]
 fn demo_data_for_an_unknown_tool_fails_and_names_it() {
     let data = tempfile::tempdir().expect("a temp folder");
 
