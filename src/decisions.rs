@@ -135,13 +135,23 @@ impl Decisions {
         actor: Actor,
         idempotency_key: Option<String>,
     ) -> DecisionResult<Appended> {
-        let tool = self.tool(tool_id)?;
-        let outcome = tool.evaluate(&input)?;
         let idempotency = idempotency_key.map(|key| IdempotencyKey {
             subject: actor.subject.clone(),
             key,
             request_digest: digest(&json!({"case": case_id, "tool": tool_id, "input": input})),
         });
+        // A retry is answered with the first decision before anything is evaluated: the tool
+        // may have been changed or withdrawn since, and a retry must never fail or decide anew.
+        if let Some(key) = &idempotency {
+            if let Some(first) = self.store.idempotent(key)? {
+                return Ok(Appended {
+                    revision: first,
+                    replayed: true,
+                });
+            }
+        }
+        let tool = self.tool(tool_id)?;
+        let outcome = tool.evaluate(&input)?;
         let draft = Draft {
             decision_id: uuid::Uuid::now_v7().to_string(),
             kind: RevisionKind::Submitted,
@@ -172,7 +182,7 @@ impl Decisions {
         expected_revision: u32,
         actor: Actor,
     ) -> DecisionResult<Revision> {
-        let latest = self.latest(decision_id)?;
+        let latest = self.current(decision_id, expected_revision)?;
         let tool = self.tool(&latest.tool.id)?;
         let outcome = tool.evaluate(&input)?;
         let draft = Draft {
@@ -198,7 +208,7 @@ impl Decisions {
         expected_revision: u32,
         actor: Actor,
     ) -> DecisionResult<Revision> {
-        let latest = self.latest(decision_id)?;
+        let latest = self.current(decision_id, expected_revision)?;
         let meta = self.meta_of(&latest.tool)?;
         check_override(&meta, &latest.outcome.level, level, reason)?;
         let draft = Draft {
@@ -222,7 +232,7 @@ impl Decisions {
         expected_revision: u32,
         actor: Actor,
     ) -> DecisionResult<Revision> {
-        let latest = self.latest(decision_id)?;
+        let latest = self.current(decision_id, expected_revision)?;
         let Some(pending) = latest
             .override_
             .clone()
@@ -249,6 +259,22 @@ impl Decisions {
         self.store
             .latest(decision_id)?
             .ok_or_else(|| DecisionError::UnknownDecision(decision_id.to_owned()))
+    }
+
+    /// The latest revision, when it is the one a change builds on. A change built on an older
+    /// one is a conflict before anything else is checked: its author saw a decision that has
+    /// moved on, so what they asked for may no longer make sense (the store checks again, in
+    /// the writer, against a change that lands in between).
+    fn current(&self, decision_id: &str, expected_revision: u32) -> DecisionResult<Revision> {
+        let latest = self.latest(decision_id)?;
+        if latest.revision != expected_revision {
+            return Err(DecisionError::Conflict {
+                decision_id: decision_id.to_owned(),
+                expected: expected_revision,
+                current: latest.revision,
+            });
+        }
+        Ok(latest)
     }
 
     pub fn history(&self, decision_id: &str) -> DecisionResult<Vec<Revision>> {

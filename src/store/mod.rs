@@ -258,6 +258,11 @@ pub trait Store: Send + Sync + 'static {
     fn register_version(&self, tool: &ToolRef, snapshot: &Value) -> StoreResult<()>;
     /// Every version of a tool ever served or used, oldest first.
     fn versions(&self, tool_id: &str) -> StoreResult<Vec<VersionInfo>>;
+    /// The first decision stored under an idempotency key, read without the writer: `None`
+    /// when the key is unused (an append under it checks again, as one of two racing first
+    /// requests may have stored it since), `IdempotencyMismatch` when it was used for another
+    /// request.
+    fn idempotent(&self, key: &IdempotencyKey) -> StoreResult<Option<Revision>>;
     /// Every stored API token.
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Stores a token record durably.

@@ -424,6 +424,10 @@ impl Store for SledStore {
         })
     }
 
+    fn idempotent(&self, key: &super::IdempotencyKey) -> StoreResult<Option<Revision>> {
+        stored_replay(&self.db, key)
+    }
+
     fn write_failure(&self) -> Option<StoreError> {
         self.failure.refusal()
     }
@@ -922,24 +926,7 @@ impl Writer {
                 Err(StoreError::IdempotencyMismatch)
             };
         }
-        let Some(bytes) = self.db.get(idempotency_key(&key.subject, &key.key))? else {
-            return Ok(None);
-        };
-        let record: IdempotencyRecord = decode(&bytes)?;
-        if record.request_digest != key.request_digest {
-            return Err(StoreError::IdempotencyMismatch);
-        }
-        let mut first = decision_prefix(&record.decision_id);
-        first.extend_from_slice(&1u32.to_be_bytes());
-        let seq = self
-            .db
-            .get(first)?
-            .ok_or_else(|| StoreError::Corrupt("idempotency record without its decision".into()))?;
-        let bytes = self
-            .db
-            .get([b"j".as_slice(), &seq].concat())?
-            .ok_or_else(|| StoreError::Corrupt("decision index without its revision".into()))?;
-        decode_revision(&bytes).map(Some)
+        stored_replay(&self.db, key)
     }
 
     fn current_revision(&self, decision_id: &str) -> StoreResult<u32> {
@@ -959,6 +946,27 @@ impl Writer {
             }
         }
     }
+}
+
+/// The first decision made under `key`, as stored: `None` when the key was never used, a
+/// mismatch when it was used with another request.
+fn stored_replay(db: &sled::Db, key: &super::IdempotencyKey) -> StoreResult<Option<Revision>> {
+    let Some(bytes) = db.get(idempotency_key(&key.subject, &key.key))? else {
+        return Ok(None);
+    };
+    let record: IdempotencyRecord = decode(&bytes)?;
+    if record.request_digest != key.request_digest {
+        return Err(StoreError::IdempotencyMismatch);
+    }
+    let mut first = decision_prefix(&record.decision_id);
+    first.extend_from_slice(&1u32.to_be_bytes());
+    let seq = db
+        .get(first)?
+        .ok_or_else(|| StoreError::Corrupt("idempotency record without its decision".into()))?;
+    let bytes = db
+        .get([b"j".as_slice(), &seq].concat())?
+        .ok_or_else(|| StoreError::Corrupt("decision index without its revision".into()))?;
+    decode_revision(&bytes).map(Some)
 }
 
 fn idempotency_key(subject: &str, key: &str) -> Vec<u8> {

@@ -7,8 +7,8 @@ use safeguard::auth::Role;
 use serde_json::{json, Value};
 
 use crate::common::{
-    case_not_at, error_paths, json_of, problem, spawn_app, subject, valid_case, valid_input,
-    TestApp, SECOND_SUPERVISOR, TOOL,
+    case_not_at, catalog_copy, error_paths, json_of, problem, spawn_app, spawn_app_with, subject,
+    valid_case, valid_input, TestApp, SECOND_SUPERVISOR, TOOL,
 };
 
 /// What the tool is expected to decide for [`valid_input`].
@@ -269,6 +269,46 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_first_decision() {
 }
 
 #[tokio::test]
+async fn a_retry_is_answered_with_the_first_decision_after_the_tool_has_changed() {
+    let root = catalog_copy(true);
+    let app = spawn_app_with(root.path()).await;
+    let token = app.token(Role::Practitioner);
+    let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
+    let send = |key: &'static str| {
+        app.request(
+            reqwest::Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(token),
+        )
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+    };
+    let first = json_of(send("visit-1").await.unwrap(), StatusCode::CREATED).await;
+    // The tool now takes a child's view of at most five characters, so the same form is
+    // refused...
+    let schema_path = root.path().join(format!("tool-schemas/{TOOL}.json"));
+    let mut schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
+    assert!(valid_input(TOOL)["child_view"].as_str().unwrap().len() > 5);
+    schema["properties"]["child_view"]["maxLength"] = json!(5);
+    std::fs::write(&schema_path, schema.to_string()).unwrap();
+    json_of(app.reload().await, StatusCode::OK).await;
+    problem(
+        send("visit-2").await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+
+    // ...but the retry of the request that was decided gets the decision it made.
+    let retry = json_of(send("visit-1").await.unwrap(), StatusCode::CREATED).await;
+
+    assert_eq!(retry, first);
+    assert_eq!(app.case_decisions("case-1").await.len(), 1);
+}
+
+#[tokio::test]
 async fn an_idempotency_key_reused_with_another_body_is_422() {
     let app = spawn_app().await;
     let token = app.token(Role::Practitioner);
@@ -412,6 +452,49 @@ async fn a_stale_if_match_is_rejected_with_409_and_nothing_is_written() {
         .await;
 
     problem(response, StatusCode::CONFLICT, "/problems/conflict").await;
+    assert_eq!(app.revisions(id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_change_built_on_an_old_revision_is_409_whatever_else_is_wrong_with_it() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    json_of(
+        app.change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            1,
+            &json!({"input": valid_input(TOOL)}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // Each of these would be refused for another reason at revision 2 (an invalid form, an
+    // override without a reason, nothing to approve); built on revision 1, the author first
+    // needs to hear that the decision has moved on.
+    for (action, role, body) in [
+        ("revisions", Role::Practitioner, json!({"input": {}})),
+        (
+            "override",
+            Role::Practitioner,
+            json!({"level": "high", "reason": " "}),
+        ),
+        ("approve", Role::Supervisor, json!({})),
+    ] {
+        let response = app.change(id, action, role, 1, &body).await;
+        let conflict = problem(response, StatusCode::CONFLICT, "/problems/conflict").await;
+        assert!(
+            conflict["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("revision 2"),
+            "{action}: {conflict}"
+        );
+    }
     assert_eq!(app.revisions(id).await.len(), 2);
 }
 
