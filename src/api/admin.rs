@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{Admins, Authorized};
 use super::tools::{summary, ToolSummary};
-use super::{ApiError, AppState, Json};
+use super::{ApiError, AppState, Json, Path};
 use crate::auth::{self, RevokeError, Role, TokenRecord};
 use crate::catalog::Catalog;
 use crate::forms::Violation;
@@ -179,6 +179,7 @@ pub async fn token_create(
 #[utoipa::path(post, path = "/v1/admin/tokens/{id}/revoke", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path, description = "The token's id from GET /v1/admin/tokens (or a longer prefix of its hash)")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The token, revoked", body = TokenView),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),

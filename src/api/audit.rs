@@ -2,7 +2,7 @@
 //! The work runs on blocking threads: it walks the store and uses every core.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::{Auditors, Authorized, Overseers, VersionReaders};
-use super::{ApiError, AppState, Json};
+use super::{ApiError, AppState, Json, Path};
 use crate::audit::dashboard::{self, Dashboard};
 use crate::audit::disparity::{self, Disparity, DisparityRequest};
 use crate::audit::export::{self, Filter};
@@ -24,6 +24,7 @@ use crate::store::VersionInfo;
 #[utoipa::path(get, path = "/v1/tools/{tool}/versions", tag = "audit", security(("bearer" = [])),
     params(("tool" = String, Path, description = "The tool id")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The versions", body = Vec<VersionInfo>),
         super::TokenProblems,
         (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),
@@ -59,6 +60,7 @@ pub struct VersionDetail {
 #[utoipa::path(get, path = "/v1/tools/{tool}/versions/{digest}", tag = "audit", security(("bearer" = [])),
     params(("tool" = String, Path, description = "The tool id"), ("digest" = String, Path, description = "sha256:<hex>")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The version", body = VersionDetail),
         super::TokenProblems,
         (status = 403, description = "Not an auditor or admin", body = super::Problem, content_type = "application/problem+json"),

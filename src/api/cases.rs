@@ -1,10 +1,10 @@
 //! The case journey route.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::auth::{AnyRole, Authorized};
 use super::decisions::check_id;
-use super::{ApiError, AppState, Json};
+use super::{ApiError, AppState, Json, Path};
 use crate::decisions::Journey;
 
 /// Where a case stands: its stage, the latest decision per tool, and what is due next.

@@ -2,7 +2,7 @@
 //! carry it (`If-Match` with the ETag of the read, or `expected_revision`), so two people
 //! changing one decision cannot silently overwrite each other.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{ETAG, IF_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::{AnyRole, Authorized, Supervisors, Writers};
-use super::{ApiError, AppState, Json};
+use super::{ApiError, AppState, Json, Path};
 use crate::rules::Reason;
 use crate::store::{Actor, Override, Revision, RevisionKind, ToolRef};
 
@@ -250,6 +250,7 @@ pub async fn case_decisions_list(
 #[utoipa::path(get, path = "/v1/decisions/{id}", tag = "decisions", security(("bearer" = [])),
     params(("id" = String, Path, description = "The decision id")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The decision", body = DecisionView, headers(("ETag" = String, description = "The revision, for If-Match"))),
         super::TokenProblems,
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
@@ -268,6 +269,7 @@ pub async fn decision_get(
 #[utoipa::path(get, path = "/v1/decisions/{id}/revisions", tag = "decisions", security(("bearer" = [])),
     params(("id" = String, Path, description = "The decision id")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The history", body = Vec<DecisionView>),
         super::TokenProblems,
         (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),

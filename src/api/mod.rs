@@ -20,7 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, OptionalFromRequest, Request,
+};
+use axum::http::request::Parts;
 use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -124,6 +129,36 @@ async fn within_read_timeout<V>(
     match tokio::time::timeout(state.read_timeout, read).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(ApiError::RequestTimeout(state.read_timeout)),
+    }
+}
+
+/// A path's parameters whose rejection is an [`ApiError`] naming the parameter (`axum`'s own
+/// answers a parameter that is not UTF-8, `/v1/cases/%FF`, in plain text).
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                    _ => "path".to_owned(),
+                };
+                Err(ApiError::invalid(field, e.body_text()))
+            }
+            // A route whose handler names parameters its path does not have: our mistake.
+            Err(other) => Err(ApiError::Internal(other.body_text())),
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! The catalog routes: list tools, read one, and evaluate a form without storing anything.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::{AnyRole, Authorized};
-use super::{ApiError, AppState, Json};
+use super::{ApiError, AppState, Json, Path};
 use crate::catalog::{OutcomeDecl, OverridePolicy, Stage, Tool};
 use crate::decisions::tool_ref;
 use crate::rules::{Outcome, Reason};
@@ -96,6 +96,7 @@ pub async fn tools_list(
 #[utoipa::path(get, path = "/v1/tools/{tool}", tag = "tools", security(("bearer" = [])),
     params(("tool" = String, Path, description = "The tool id")),
     responses(
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The tool", body = ToolDetail),
         super::TokenProblems,
         (status = 404, description = "No such tool", body = super::Problem, content_type = "application/problem+json"),

@@ -350,6 +350,73 @@ async fn a_case_id_with_a_space_is_a_400_naming_the_case_and_nothing_is_stored()
 }
 
 #[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_described_400_problem_naming_it_on_every_route() {
+    let app = spawn_app().await;
+    let description: Value = app
+        .request(Method::GET, "/openapi.json", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (template, operations) in description["paths"].as_object().unwrap() {
+        let operations = operations.as_object().unwrap();
+        for (method, operation) in operations {
+            let Some(parameters) = operation["parameters"].as_array() else {
+                continue;
+            };
+            for parameter in parameters.iter().filter(|p| p["in"] == "path") {
+                let name = parameter["name"].as_str().unwrap();
+                assert!(
+                    operation["responses"].get("400").is_some(),
+                    "{method} {template} does not describe its 400"
+                );
+                // %FF decodes to a byte that is not UTF-8; the other parameters get a plain value.
+                let mut path = template.replace(&format!("{{{name}}}"), "%FF");
+                while let Some(start) = path.find('{') {
+                    let end = path[start..].find('}').unwrap() + start;
+                    path.replace_range(start..=end, "x");
+                }
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                // The role check comes first, so only a role that may call the route reaches
+                // the path; every answer must be a problem, and one of them the 400.
+                let mut named = false;
+                for role in Role::ALL {
+                    let response = app
+                        .request(method.clone(), &path, Some(app.token(role)))
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let content_type = response.headers()[CONTENT_TYPE]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    assert_eq!(
+                        content_type, "application/problem+json",
+                        "{method} {path} as {role:?}: {status}"
+                    );
+                    if status == StatusCode::BAD_REQUEST {
+                        let body: Value = response.json().await.unwrap();
+                        assert_eq!(error_paths(&body), [name], "{method} {path}: {body}");
+                        named = true;
+                    }
+                }
+                assert!(
+                    named,
+                    "{method} {path}: no role got the 400 naming `{name}`"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} path parameters were checked");
+}
+
+#[tokio::test]
 async fn a_case_id_with_a_space_is_a_400_when_read_too() {
     let app = spawn_app().await;
 
