@@ -8,24 +8,31 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Extension;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Json};
 
 /// The API description, rendered once at start-up.
 #[derive(Clone)]
 pub struct OpenApiJson(pub Arc<String>);
 
+/// The answer of the health routes: `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
 /// Liveness: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
-pub async fn health() -> &'static str {
-    "ok"
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Readiness: the catalog is loaded, the store is open and shutdown has not begun.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready", body = String),
+    (status = 200, description = "Ready", body = Health),
     (status = 503, description = "Not ready: starting, stopping, or the store can no longer make writes durable", body = super::Problem, content_type = "application/problem+json")
 ))]
-pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if !state.ready.load(Ordering::SeqCst) {
         return Err(ApiError::Unavailable);
     }
@@ -34,7 +41,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
     if let Some(refusal) = state.decisions.store().write_failure() {
         return Err(refusal.into());
     }
-    Ok("ready")
+    Ok(Json(Health { status: "ready" }))
 }
 
 /// Prometheus metrics in the text exposition format.

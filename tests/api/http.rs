@@ -20,6 +20,19 @@ async fn health_readiness_metrics_and_the_api_description_need_no_token() {
 }
 
 #[tokio::test]
+async fn health_and_readiness_answer_json() {
+    let app = spawn_app().await;
+
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let response = app.request(Method::GET, path, None).send().await.unwrap();
+
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json", "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({"status": status}), "{path}");
+    }
+}
+
+#[tokio::test]
 async fn the_api_description_is_openapi_3_1_and_lists_every_route() {
     let app = spawn_app().await;
     let expected = [
