@@ -859,3 +859,81 @@ async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it()
         ]
     );
 }
+
+#[tokio::test]
+async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the_service_goes_on() {
+    let app = spawn_app_with(&crate::hostile_root()).await;
+    let form = json!({"concerns": 2});
+
+    // A limit is the form's answer (the practitioner hears which); a broken contract is the
+    // tool's fault, whose details are for its owner, in the log.
+    for (tool, status, type_, said) in [
+        (
+            "endless-loop",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/script-limit",
+            "too many operations",
+        ),
+        (
+            "endless-recursion",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/script-limit",
+            "too deeply",
+        ),
+        (
+            "huge-array",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/script-limit",
+            "too large",
+        ),
+        (
+            "huge-string",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/script-limit",
+            "too large",
+        ),
+        (
+            "bad-sum",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "/problems/tool-error",
+            "the tool owner has the details",
+        ),
+        (
+            "undeclared-level",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "/problems/tool-error",
+            "the tool owner has the details",
+        ),
+    ] {
+        let evaluated = app
+            .post_json(
+                &format!("/v1/tools/{tool}/evaluate"),
+                Role::Practitioner,
+                &json!({"input": form}),
+            )
+            .await;
+        let body = problem(evaluated, status, type_).await;
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(said),
+            "{tool}: {body}"
+        );
+        let submitted = app
+            .submit("case-hostile", tool, &form, Role::Practitioner)
+            .await;
+        problem(submitted, status, type_).await;
+    }
+    assert!(app.case_decisions("case-hostile").await.is_empty());
+
+    // The same sandbox goes on deciding, and the first decision stored is the first revision.
+    let input = json!({"concerns": 3, "child_view": "worried"});
+    let decided = json_of(
+        app.submit("case-hostile", "well-behaved", &input, Role::Practitioner)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        (&decided["level"], &decided["seq"]),
+        (&json!("high"), &json!(1))
+    );
+}

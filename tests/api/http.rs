@@ -26,7 +26,11 @@ async fn health_and_readiness_answer_json() {
     for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
         let response = app.request(Method::GET, path, None).send().await.unwrap();
 
-        assert_eq!(response.headers()[CONTENT_TYPE], "application/json", "{path}");
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/json",
+            "{path}"
+        );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body, json!({"status": status}), "{path}");
     }
