@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::binary::{Server, Site, REQUEST_TIMEOUT, START_TIMEOUT};
+use crate::common::binary::{Server, Site, QUIET, REQUEST_TIMEOUT, START_TIMEOUT};
 use crate::common::{valid_input, TOOL};
 
 /// Request lines and the shutdown line, besides the CLI's own.
@@ -825,4 +825,78 @@ async fn verify_finds_revisions_missing_from_the_end_by_the_anchor_the_writer_ke
     std::fs::write(&anchor, "5 sha256:0000 sha256:1111\n").unwrap();
     let (ok, printed) = site.verify();
     assert!(ok, "{printed}");
+}
+
+/// `(count, sum)` of the histogram `name` in a Prometheus text exposition.
+fn histogram_count_and_sum(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| -> f64 {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in:\n{text}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    (value("count"), value("sum"))
+}
+
+/// Submits `n` decisions at once to a fresh server in `durability` mode and returns how many
+/// commits its writer made for them.
+async fn commits_for_concurrent_submits(durability: &str, n: usize) -> f64 {
+    let client = client();
+    let site = Site::new();
+    let settings = [("SAFEGUARD_DURABILITY", durability)];
+    let server = Server::start_with(&site, 0, &client, QUIET, &settings).await;
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (client, address, token) = (
+            client.clone(),
+            server.address.clone(),
+            site.practitioner.clone(),
+        );
+        submits.spawn(async move {
+            client
+                .post(format!("{address}/v1/cases/burst-{i}/decisions"))
+                .bearer_auth(token)
+                .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
+                .send()
+                .await
+                .expect("the server answers")
+                .status()
+        });
+    }
+    while let Some(status) = submits.join_next().await {
+        assert_eq!(status.expect("the submit ran"), StatusCode::CREATED);
+    }
+    let text = client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("metrics");
+    let (commits, appends) = histogram_count_and_sum(&text, "safeguard_commit_batch_size");
+    assert_eq!(
+        appends, n as f64,
+        "every acknowledged append was committed once:\n{text}"
+    );
+    commits
+}
+
+#[tokio::test]
+async fn concurrent_submits_share_commits_and_the_baseline_commits_each_alone() {
+    let n = 64;
+    let grouped = commits_for_concurrent_submits("group", n).await;
+    let alone = commits_for_concurrent_submits("sync-per-request", n).await;
+
+    assert_eq!(
+        alone, n as f64,
+        "sync-per-request makes one commit per submit"
+    );
+    assert!(
+        grouped < n as f64,
+        "{n} concurrent submits took {grouped} commits: none was shared"
+    );
 }

@@ -26,7 +26,7 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a server logs unless a test asks for more: warnings, and the CLI's `serving` line that
 /// [`Server::start`] reads the address from.
-const QUIET: &str = "warn,safeguard::cli=info";
+pub const QUIET: &str = "warn,safeguard::cli=info";
 
 /// A store folder with the tokens the test uses, and the logs of every server run on it.
 pub struct Site {
