@@ -257,6 +257,77 @@ fn the_configuration_file_can_be_named_by_its_variable() {
 }
 
 #[test]
+fn replay_reproduces_the_stored_decisions_and_shows_what_a_candidate_would_change() {
+    let data = tempfile::tempdir().expect("a temp folder");
+    let filled = safeguard_on(
+        data.path(),
+        &[
+            "demo-data",
+            "--count",
+            "24",
+            "--seed",
+            "3",
+            "--tool",
+            "threshold",
+        ],
+    );
+    assert!(filled.status.success(), "{filled:?}");
+    let report = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["replay", "--tool", "threshold", "--json"];
+        all.extend_from_slice(args);
+        let output = safeguard_on(data.path(), &all);
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_str(&stdout(&output)).expect("a JSON report")
+    };
+
+    let recorded = report(&[]);
+    assert_eq!(
+        (
+            &recorded["considered"],
+            &recorded["unchanged"],
+            &recorded["irreproducible"]
+        ),
+        (&json!(24), &json!(24), &json!(0)),
+        "{recorded}"
+    );
+
+    // Early help from a score of 0: every universal decision moves up, and nothing else does.
+    let candidate = data.path().join("params.json");
+    fs::write(&candidate, r#"{"cut_points": {"early_help": 0}}"#).expect("write");
+    let changed = report(&["--params", candidate.to_str().unwrap()]);
+    let universal = recorded["matrix"][0][0].as_u64().unwrap();
+    assert!(
+        universal > 0,
+        "the demo data has universal decisions: {recorded}"
+    );
+    assert_eq!(changed["changed"], json!(universal), "{changed}");
+    assert_eq!(changed["matrix"][0][1], json!(universal), "{changed}");
+    assert_eq!(
+        changed["changes"].as_array().unwrap().len() as u64,
+        universal
+    );
+
+    // A candidate that does not load is refused, saying why.
+    fs::write(&candidate, r#"{"cut_points": {"nope": 0}}"#).expect("write");
+    let refused = safeguard_on(
+        data.path(),
+        &[
+            "replay",
+            "--tool",
+            "threshold",
+            "--params",
+            candidate.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("the candidate does not load") && said.contains("nope"),
+        "{said}"
+    );
+}
+
+#[test]
 fn demo_data_for_an_unknown_tool_fails_and_names_it() {
     let data = tempfile::tempdir().expect("a temp folder");
 
