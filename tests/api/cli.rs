@@ -187,10 +187,9 @@ fn safeguard_on(data: &Path, args: &[&str]) -> Output {
         .expect("the safeguard binary runs")
 }
 
-#[test]
-fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool() {
+/// A store filled by `demo-data` with 24 `threshold` decisions (seed 3).
+fn threshold_demo_store() -> tempfile::TempDir {
     let data = tempfile::tempdir().expect("a temp folder");
-
     let filled = safeguard_on(
         data.path(),
         &[
@@ -209,6 +208,12 @@ fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool
         "{}",
         stdout(&filled)
     );
+    data
+}
+
+#[test]
+fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool() {
+    let data = threshold_demo_store();
 
     let verified = safeguard_on(data.path(), &["verify"]);
     assert!(verified.status.success(), "{verified:?}");
@@ -258,20 +263,7 @@ fn the_configuration_file_can_be_named_by_its_variable() {
 
 #[test]
 fn replay_reproduces_the_stored_decisions_and_shows_what_a_candidate_would_change() {
-    let data = tempfile::tempdir().expect("a temp folder");
-    let filled = safeguard_on(
-        data.path(),
-        &[
-            "demo-data",
-            "--count",
-            "24",
-            "--seed",
-            "3",
-            "--tool",
-            "threshold",
-        ],
-    );
-    assert!(filled.status.success(), "{filled:?}");
+    let data = threshold_demo_store();
     let report = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["replay", "--tool", "threshold", "--json"];
         all.extend_from_slice(args);

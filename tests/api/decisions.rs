@@ -460,18 +460,7 @@ async fn a_change_built_on_an_old_revision_is_409_whatever_else_is_wrong_with_it
     let app = spawn_app().await;
     let decision = app.decide("case-1", TOOL).await;
     let id = decision["id"].as_str().unwrap();
-    json_of(
-        app.change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            1,
-            &json!({"input": valid_input(TOOL)}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.amend(id, Role::Practitioner, 1).await;
 
     // Each of these would be refused for another reason at revision 2 (an invalid form, an
     // override without a reason, nothing to approve); built on revision 1, the author first
@@ -820,18 +809,7 @@ async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it()
         StatusCode::CREATED,
     )
     .await;
-    json_of(
-        app.change(
-            id,
-            "revisions",
-            Role::Supervisor,
-            3,
-            &json!({"input": valid_input(TOOL)}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.amend(id, Role::Supervisor, 3).await;
     json_of(
         app.post_json_as(
             &format!("/v1/decisions/{id}/override"),

@@ -39,18 +39,7 @@ async fn some_history(app: &TestApp) -> Value {
     let first = app.decide("case-a", TOOL).await;
     let id = first["id"].as_str().unwrap();
     app.decide("case-b", "threshold").await;
-    json_of(
-        app.change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            1,
-            &json!({"input": valid_input(TOOL)}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.amend(id, Role::Practitioner, 1).await;
     app.decide("case-a", "safety-scaling").await;
     let levels = app.levels(TOOL).await;
     let at = levels.iter().position(|l| *l == first["level"]).unwrap();

@@ -693,14 +693,7 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ready: Value = ready.json().await.expect("a problem");
     assert_eq!(ready["type"], "/problems/store-unavailable", "{ready}");
-    let metrics = client
-        .get(format!("{}/metrics", server.address))
-        .send()
-        .await
-        .expect("the server answers")
-        .text()
-        .await
-        .expect("metrics");
+    let metrics = metrics_text(&client, &server).await;
     assert!(
         metrics.contains("safeguard_store_writable 0"),
         "the metrics say the store takes no writes:\n{metrics}"
@@ -827,6 +820,18 @@ async fn verify_finds_revisions_missing_from_the_end_by_the_anchor_the_writer_ke
     assert!(ok, "{printed}");
 }
 
+/// The server's `/metrics`, as text.
+async fn metrics_text(client: &reqwest::Client, server: &Server) -> String {
+    client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("metrics")
+}
+
 /// `(count, sum)` of the histogram `name` in a Prometheus text exposition.
 fn histogram_count_and_sum(text: &str, name: &str) -> (f64, f64) {
     let value = |suffix: &str| -> f64 {
@@ -869,14 +874,7 @@ async fn commits_for_concurrent_submits(durability: &str, n: usize) -> f64 {
     while let Some(status) = submits.join_next().await {
         assert_eq!(status.expect("the submit ran"), StatusCode::CREATED);
     }
-    let text = client
-        .get(format!("{}/metrics", server.address))
-        .send()
-        .await
-        .expect("the server answers")
-        .text()
-        .await
-        .expect("metrics");
+    let text = metrics_text(&client, &server).await;
     let (commits, appends) = histogram_count_and_sum(&text, "safeguard_commit_batch_size");
     assert_eq!(
         appends, n as f64,

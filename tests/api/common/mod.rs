@@ -248,6 +248,17 @@ impl TestApp {
             .await
     }
 
+    /// Amends decision `id` at revision `if_match` with the valid form of [`TOOL`] as `role`;
+    /// returns the new revision.
+    pub async fn amend(&self, id: &str, role: Role, if_match: u32) -> Value {
+        let body = json!({"input": valid_input(TOOL)});
+        json_of(
+            self.change(id, "revisions", role, if_match, &body).await,
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
     /// Submits `input` to `tool` for `case`.
     pub async fn submit(&self, case: &str, tool: &str, input: &Value, role: Role) -> Response {
         let body = json!({"tool": tool, "input": input});
