@@ -58,6 +58,12 @@ impl Server {
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         let catalog = Catalog::load(&config.tools_dir).map_err(StartError::Catalog)?;
         let store = Arc::new(SledStore::open(&config.data_dir, config.store_options())?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>)?);
+        // The first admin token is made last, once nothing else can fail: a start that fails
+        // (the port is taken, say) must not leave behind a token that was never shown.
         let records = store.tokens()?;
         // Only a store that has never had a token gets one made for it; one whose tokens were
         // all revoked stays locked until someone with access to it creates another.
@@ -71,7 +77,6 @@ impl Server {
         } else {
             None
         };
-        let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>)?);
         let options = config.serve_options();
         let state = AppState::new(
             decisions,
@@ -80,9 +85,6 @@ impl Server {
             options.read_timeout,
             config.tools_dir.clone(),
         );
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartError::Bind(config.listen, e))?;
         Ok(Server {
             state,
             store,

@@ -898,3 +898,50 @@ async fn concurrent_submits_share_commits_and_the_baseline_commits_each_alone() 
         "{n} concurrent submits took {grouped} commits: none was shared"
     );
 }
+
+#[tokio::test]
+async fn a_first_start_that_fails_leaves_no_unseen_admin_token_and_the_next_start_shows_one() {
+    let site = Site::new();
+    let fresh = tempfile::tempdir().expect("a temporary folder");
+    let data = fresh.path().join("data");
+    let data = data.to_str().expect("a UTF-8 path");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = taken.local_addr().expect("an address").to_string();
+
+    let failed = site
+        .safeguard(["serve"])
+        .env("SAFEGUARD_DATA_DIR", data)
+        .env("SAFEGUARD_LISTEN", &address)
+        .output()
+        .expect("the binary runs");
+
+    assert!(!failed.status.success(), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("cannot listen on"),
+        "{failed:?}"
+    );
+    let listed = site
+        .safeguard(["token", "list"])
+        .env("SAFEGUARD_DATA_DIR", data)
+        .output()
+        .expect("the binary runs");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), 1, "only the heading: {listed}");
+    // So the first start that does serve still makes the admin token, and shows it.
+    let command = site.safeguard(["serve"]);
+    let server = Server::launch(
+        command,
+        &site,
+        0,
+        &client(),
+        QUIET,
+        &[("SAFEGUARD_DATA_DIR", data)],
+    )
+    .await;
+    assert!(
+        server.log().contains("an admin token was created"),
+        "{}",
+        server.log()
+    );
+}
