@@ -243,6 +243,11 @@ fn open_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStore> {
     open_store(&load_config(file)?)
 }
 
+/// As [`open_stopped_store`], for a command that only makes sense on a store that exists.
+fn open_existing_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStore> {
+    open_existing_store(&load_config(file)?)
+}
+
 fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
     auth::check_subject(subject).map_err(anyhow::Error::msg)?;
     let store = open_stopped_store(file)?;
@@ -253,7 +258,7 @@ fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Res
 }
 
 fn token_list(file: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = open_stopped_store(file)?;
+    let store = open_existing_stopped_store(file)?;
     let mut records = store.tokens()?;
     records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
     println!(
@@ -279,7 +284,7 @@ fn token_list(file: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn token_revoke(file: Option<PathBuf>, id: &str) -> anyhow::Result<()> {
-    let store = open_stopped_store(file)?;
+    let store = open_existing_stopped_store(file)?;
     let revoked = auth::revoke(&store.tokens()?, id)?;
     store.put_token(&revoked)?;
     println!(
@@ -311,6 +316,15 @@ fn open_store(config: &Config) -> anyhow::Result<SledStore> {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
 }
 
+/// The store in the configured folder, which must exist: reading a mistyped folder would
+/// otherwise create an empty store there and report on it (a whole chain of 0 revisions).
+fn open_existing_store(config: &Config) -> anyhow::Result<SledStore> {
+    Ok(SledStore::open_existing(
+        &config.data_dir,
+        config.store_options(),
+    )?)
+}
+
 fn counter(message: &'static str, total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
         Some(n) => indicatif::ProgressBar::new(n).with_style(
@@ -331,7 +345,7 @@ fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
     use crate::audit::replay::{self, ReplayRequest, Target};
     let config = load_config(file)?;
     let catalog = load_catalog(&config)?;
-    let store = open_store(&config)?;
+    let store = open_existing_store(&config)?;
     let read_json = |path: &PathBuf| -> anyhow::Result<serde_json::Value> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -396,7 +410,7 @@ fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
 fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> anyhow::Result<()> {
     use std::io::Write;
     let config = load_config(file)?;
-    let store = open_store(&config)?;
+    let store = open_existing_store(&config)?;
     let filter = crate::audit::export::Filter {
         tool: filter.tool,
         level: filter.level,
@@ -456,7 +470,7 @@ fn demo_data(file: Option<PathBuf>, count: u64, seed: u64, tools: &[String]) -> 
 fn verify(file: Option<PathBuf>) -> ExitCode {
     let run = || -> anyhow::Result<bool> {
         let config = load_config(file)?;
-        let store = open_store(&config)?;
+        let store = open_existing_store(&config)?;
         let bar = counter("verifying", Some(store.head()?.seq));
         let started = std::time::Instant::now();
         let report = crate::audit::verify::verify(&store, &|n| bar.set_position(n))?;

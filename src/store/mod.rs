@@ -165,6 +165,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage failed: {0}")]
     Io(String),
+    /// A command that reads a store was pointed at a folder that holds none.
+    #[error("there is no store in {0}: is data_dir (SAFEGUARD_DATA_DIR) right?")]
+    NotFound(String),
     /// Another process has the store open (sled locks its files): most often the service itself.
     #[error("another process has this data folder open ({0}): is the service running? While it runs, use its API")]
     Locked(String),

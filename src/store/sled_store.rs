@@ -116,6 +116,15 @@ struct IdempotencyRecord {
 }
 
 impl SledStore {
+    /// Opens the store in `dir`, which must already hold one: for commands that read or change
+    /// what is stored, where a mistyped folder must not look like an empty, whole store.
+    pub fn open_existing(dir: &Path, options: StoreOptions) -> StoreResult<SledStore> {
+        if !dir.join("db").is_file() {
+            return Err(StoreError::NotFound(dir.display().to_string()));
+        }
+        Self::open(dir, options)
+    }
+
     /// Opens (or creates) the store in `dir` and starts its writer.
     pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<SledStore> {
         std::fs::create_dir_all(dir)?;

@@ -320,6 +320,30 @@ fn replay_reproduces_the_stored_decisions_and_shows_what_a_candidate_would_chang
 }
 
 #[test]
+fn commands_that_read_a_store_refuse_a_folder_that_holds_none_and_create_nothing() {
+    let root = tempfile::tempdir().expect("a temp folder");
+    let missing = root.path().join("dta");
+
+    for args in [
+        &["verify"][..],
+        &["export"],
+        &["replay", "--tool", "threshold"],
+        &["token", "list"],
+        &["token", "revoke", "0123456789ab"],
+    ] {
+        let output = safeguard_on(&missing, args);
+
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("there is no store in") && said.contains("dta"),
+            "{args:?}: {said}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+#[test]
 fn demo_data_for_an_unknown_tool_fails_and_names_it() {
     let data = tempfile::tempdir().expect("a temp folder");
 
