@@ -945,3 +945,43 @@ async fn a_first_start_that_fails_leaves_no_unseen_admin_token_and_the_next_star
         server.log()
     );
 }
+
+#[tokio::test]
+async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_to_standard_error() {
+    let site = Site::new();
+    let fresh = tempfile::tempdir().expect("a temporary folder");
+    let (out_path, err_path) = (fresh.path().join("out"), fresh.path().join("err"));
+    let mut command = site.safeguard(["serve"]);
+    command
+        .env("SAFEGUARD_DATA_DIR", fresh.path().join("data"))
+        .env("SAFEGUARD_LISTEN", "127.0.0.1:0")
+        .env("SAFEGUARD_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&out_path).expect("a file"))
+        .stderr(std::fs::File::create(&err_path).expect("a file"));
+    let mut child = command.spawn().expect("the binary starts");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !std::fs::read_to_string(&err_path)
+        .unwrap_or_default()
+        .contains("serving")
+    {
+        assert!(Instant::now() < deadline, "not serving in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("signalled");
+    assert!(child.wait().expect("it exits").success());
+
+    let out = std::fs::read_to_string(&out_path).expect("read");
+    let err = std::fs::read_to_string(&err_path).expect("read");
+    assert!(out.contains("an admin token was created"), "{out}");
+    assert!(
+        !out.contains("INFO"),
+        "no log line on standard output:\n{out}"
+    );
+    assert!(err.contains("INFO") && err.contains("stopped"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes in a log that is not a terminal:\n{err}"
+    );
+}
