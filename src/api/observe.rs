@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -76,7 +76,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     }
     let labels = [
         ("route", route),
-        ("method", method.to_string()),
+        ("method", method_label(&method).to_owned()),
         ("status", status.to_string()),
     ];
     metrics::counter!("safeguard_http_requests_total", &labels).increment(1);
@@ -93,9 +93,31 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// A request's method as a metrics label: one of HTTP's own, or `other`. hyper accepts any
+/// token as a method, and a label a client chooses freely would make a new series for each,
+/// growing the metrics (and every scrape) without bound.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::acceptable_request_id;
+    use super::{acceptable_request_id, method_label};
+    use axum::http::Method;
+
+    #[test]
+    fn a_method_is_labelled_as_itself_only_when_http_defines_it() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        let invented = Method::from_bytes(b"ZZMETHOD1").unwrap();
+        assert_eq!(method_label(&invented), "other");
+    }
 
     #[test]
     fn a_request_id_is_kept_only_when_it_cannot_forge_a_log_field() {

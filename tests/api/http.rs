@@ -20,6 +20,31 @@ async fn health_readiness_metrics_and_the_api_description_need_no_token() {
 }
 
 #[tokio::test]
+async fn a_method_a_client_invents_is_counted_as_other_not_as_a_series_of_its_own() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        let method = Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let response = app.request(method, "/healthz", None).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    let text = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert!(!text.contains("INVENTED"), "{text}");
+    assert!(
+        text.contains(r#"route="/healthz",method="other",status="405""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn health_and_readiness_answer_json() {
     let app = spawn_app().await;
 
