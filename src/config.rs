@@ -34,8 +34,9 @@ pub struct Config {
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
     /// How long a client has to send a request's head (and, on a kept-alive connection, to start
-    /// its next request), and then again its body. A client that takes longer is cut off, so
-    /// slow or idle clients cannot hold the service's connections. At least 1.
+    /// its next request), and then again its body; and how long a write of its answer may wait
+    /// for it to read. A client that takes longer is cut off, so slow or idle clients cannot hold
+    /// the service's connections. At least 1.
     pub read_timeout_secs: u64,
     /// Once asked to stop, how long the requests in flight may take to finish before their
     /// connections are closed; what they already queued is written out either way.

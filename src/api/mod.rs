@@ -300,7 +300,12 @@ pub async fn serve(
             } => {
                 while connections.try_join_next().is_some() {}
                 let service = TowerToHyperService::new(app.clone());
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                // A client that stops reading its answer is cut off like one that stops sending
+                // its request: it would otherwise hold the connection, and the answer's memory.
+                let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                stream.set_write_timeout(Some(options.read_timeout));
+                let io = TokioIo::new(Box::pin(stream));
+                let connection = graceful.watch(http.serve_connection(io, service));
                 connections.spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");

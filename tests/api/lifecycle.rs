@@ -589,6 +589,48 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
 }
 
+#[tokio::test]
+async fn a_client_that_stops_taking_its_answers_is_let_go_after_the_read_timeout() {
+    let site = Site::new();
+    let settings = [
+        ("SAFEGUARD_MAX_CONNECTIONS", "1"),
+        ("SAFEGUARD_READ_TIMEOUT_SECS", "1"),
+    ];
+    let server = {
+        let startup = client();
+        Server::start_with(&site, 0, &startup, WITH_REQUESTS, &settings).await
+    };
+    // The one place is taken by a client that asks for far more than the sockets' buffers hold
+    // (~80 KB an answer) with a small receive buffer, and never reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small buffer");
+    let address = server.socket_address().parse().expect("an address");
+    let mut stalled = socket.connect(address).await.expect("connected");
+    let ask = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    stalled
+        .write_all(&ask)
+        .await
+        .expect("the requests are sent");
+
+    // Its answer stops being written, and after the timeout the place is given up: another
+    // client is served.
+    let started = Instant::now();
+    let mut next = TcpStream::connect(server.socket_address())
+        .await
+        .expect("the listen queue takes the connection");
+    ask_health(&mut next).await;
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, answer_head(&mut next))
+        .await
+        .expect("a client that takes no answers is let go");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "served at once: the stalled client's answers all fit in the buffers ({:?})",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
 /// `safeguard serve` run by `prlimit` with the soft limit on open files at `soft` and the hard
 /// limit at `hard`: the service may raise the one to the other, and no further.
 async fn serve_with_open_files(site: &Site, soft: u32, hard: u32, env: &[(&str, &str)]) -> Server {
