@@ -9,7 +9,7 @@
 //! itself), and its problems are reported with file, line and column.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -55,11 +55,11 @@ pub struct ToolOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Map<String, Value>>")]
     pub params: Option<Value>,
-    /// Path (relative to the plugin folder) of an RFC 7396 JSON merge patch of the tool's schema:
+    /// Path inside the plugin folder, relative to it (no `..`, not absolute), of an RFC 7396 JSON merge patch of the tool's schema:
     /// add local fields, tighten `required`, relabel. It may not change `x-tool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_patch: Option<String>,
-    /// Path (relative to the plugin folder) of a replacement rules script. It may import the
+    /// Path inside the plugin folder, relative to it (no `..`, not absolute), of a replacement rules script. It may import the
     /// core tool's script inside `decide`: `import "<tool-id>" as core;`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<String>,
@@ -227,8 +227,18 @@ fn apply_one(
             params: over.params.clone(),
             ..Change::default()
         };
-        if let Some(rel) = &over.schema_patch {
-            let path = folder.join(rel);
+        let place = |field: &str, rel: &Option<String>, errors: &mut Vec<LoadError>| {
+            let rel = rel.as_deref()?;
+            let path = within(folder, rel);
+            if path.is_none() {
+                errors.push(LoadError::new(
+                    &manifest_path,
+                    format!("[overrides.{id}] {field} = {rel:?} must be a path inside the plugin folder, relative to it (no `..`, not absolute)"),
+                ));
+            }
+            path
+        };
+        if let Some(path) = place("schema_patch", &over.schema_patch, errors) {
             if let Some(text) = read(&path, errors) {
                 match serde_json::from_str(&text) {
                     Ok(patch) => change.schema_patch = Some(patch),
@@ -240,8 +250,7 @@ fn apply_one(
             }
             files.schema_patch = Some(path);
         }
-        if let Some(rel) = &over.rules {
-            let path = folder.join(rel);
+        if let Some(path) = place("rules", &over.rules, errors) {
             change.rules = read(&path, errors);
             files.rules = Some(path);
         }
@@ -251,6 +260,16 @@ fn apply_one(
             broken.insert(id.clone());
         }
     }
+}
+
+/// `folder` joined with `rel` when `rel` is a relative path that stays inside it: a manifest must
+/// not make the service read (and then serve, as part of a tool) a file elsewhere.
+fn within(folder: &Path, rel: &str) -> Option<PathBuf> {
+    let rel = Path::new(rel);
+    let plain = rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    (plain && rel.components().any(|c| matches!(c, Component::Normal(_)))).then(|| folder.join(rel))
 }
 
 /// Applies `change` to `parts` as `plugin` would, recording it in the plugin chain.

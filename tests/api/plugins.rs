@@ -440,6 +440,44 @@ async fn a_replacement_script_with_a_syntax_error_is_refused_at_its_line_and_col
 }
 
 #[tokio::test]
+async fn a_schema_patch_outside_the_plugin_folder_is_refused_and_not_read() {
+    // The core schema itself, two folders up: a file the service can read, but not the
+    // plugin's to name.
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nschema_patch = \"../../tool-schemas/{TOOL}.json\"\n"
+    ));
+
+    check_broken_plugin(
+        &broken,
+        &[],
+        "plugin.toml",
+        At::File,
+        "must be a path inside the plugin folder",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replacement_script_at_an_absolute_path_is_refused_and_not_read() {
+    let outside = tempfile::tempdir().expect("a temporary folder");
+    let script = outside.path().join("rules.rhai");
+    std::fs::write(&script, ADDS_A_REASON).expect("write");
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nrules = {:?}\n",
+        script.display().to_string()
+    ));
+
+    check_broken_plugin(
+        &broken,
+        &[],
+        "plugin.toml",
+        At::File,
+        "must be a path inside the plugin folder",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_params_override_with_an_unknown_key_is_refused_naming_the_key() {
     let broken = manifest(&format!(
         "[overrides.{TOOL}]\nparams = {{ cut_points = {{ meduim = 7 }} }}\n"
