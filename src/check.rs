@@ -99,6 +99,8 @@ impl ToolReport {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub root: PathBuf,
+    /// The tool `--tool` asked for, when the catalog has no such tool, and the ones it has.
+    pub unknown_tool: Option<(String, Vec<String>)>,
     /// Problems that stop the catalog from loading at all.
     pub load_errors: Vec<LoadError>,
     /// Case files that could not be read or parsed, or that name no tool.
@@ -108,7 +110,8 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.load_errors.is_empty()
+        self.unknown_tool.is_none()
+            && self.load_errors.is_empty()
             && self.case_errors.is_empty()
             && self.tools.iter().all(ToolReport::passed)
     }
@@ -132,6 +135,7 @@ impl Report {
 pub fn run(root: &Path, only: Option<&str>) -> Report {
     let mut report = Report {
         root: root.to_owned(),
+        unknown_tool: None,
         load_errors: Vec::new(),
         case_errors: Vec::new(),
         tools: Vec::new(),
@@ -141,12 +145,8 @@ pub fn run(root: &Path, only: Option<&str>) -> Report {
     report.load_errors = load_errors;
     if let Some(id) = only {
         if served.get(id).is_none() && !served.failed_to_load(id) {
-            report.load_errors.push(LoadError {
-                file: root.join(crate::catalog::SCHEMA_DIR),
-                line: None,
-                column: None,
-                message: format!("there is no tool {id:?}"),
-            });
+            let known = served.tools().map(|t| t.id().to_owned()).collect();
+            report.unknown_tool = Some((id.to_owned(), known));
             return report;
         }
     }
@@ -258,7 +258,11 @@ fn read_cases(
                         "`expect` needs exactly one of `level` (a decision) and `invalid` (a rejected form)".into(),
                     )),
                 },
-                Err(e) => errors.push(error(&file, Some((e.line(), e.column())), e.to_string())),
+                Err(e) => errors.push(error(
+                    &file,
+                    Some((e.line(), e.column())),
+                    crate::catalog::serde_message(&e),
+                )),
             }
         }
     }
@@ -424,6 +428,13 @@ fn reason_codes_in(source: &str) -> BTreeSet<String> {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "safeguard check {}", self.root.display())?;
+        if let Some((id, known)) = &self.unknown_tool {
+            writeln!(
+                f,
+                "\nthere is no tool {id:?} in this catalog (its tools: {})",
+                known.join(", ")
+            )?;
+        }
         if !self.load_errors.is_empty() {
             writeln!(
                 f,

@@ -32,9 +32,9 @@ enum Command {
     Serve,
     /// Load every tool, compile every schema and script, run every case and report coverage.
     Check {
-        /// The catalog root: the folder holding tool-schemas/, rules/ and tests/cases/.
-        #[arg(default_value = ".")]
-        dir: PathBuf,
+        /// The catalog root: the folder holding tool-schemas/, rules/ and tests/cases/ (default:
+        /// the configured tools_dir, the working folder unless set).
+        dir: Option<PathBuf>,
         /// Run only this tool's cases.
         #[arg(long)]
         tool: Option<String>,
@@ -118,20 +118,25 @@ struct FilterArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("candidate").multiple(true).args(["rules", "params", "schema_patch"]))]
 struct ReplayArgs {
     /// The tool whose decisions are replayed.
     #[arg(long)]
     tool: String,
+    /// Only decisions whose level in force is this.
     #[arg(long)]
     level: Option<String>,
+    /// Only this case's decisions.
     #[arg(long)]
     case: Option<String>,
+    /// Recorded at or after this time (RFC 3339).
     #[arg(long)]
     from: Option<String>,
+    /// Recorded before this time (RFC 3339).
     #[arg(long)]
     to: Option<String>,
     /// Replay against this stored version instead of each decision's own.
-    #[arg(long, conflicts_with_all = ["rules", "params", "schema_patch"])]
+    #[arg(long, conflicts_with = "candidate")]
     version: Option<String>,
     /// Candidate rules script.
     #[arg(long)]
@@ -142,12 +147,14 @@ struct ReplayArgs {
     /// Candidate schema merge patch, a JSON file.
     #[arg(long)]
     schema_patch: Option<PathBuf>,
-    /// Apply the candidate to this stored version rather than the one served now.
-    #[arg(long)]
+    /// Apply the candidate (--rules, --params, --schema-patch) to this stored version rather
+    /// than the one served now.
+    #[arg(long, requires = "candidate")]
     base: Option<String>,
-    /// Changed decisions to skip, and to show.
+    /// Changed decisions to skip before the page shown.
     #[arg(long, default_value_t = 0)]
     offset: usize,
+    /// Changed decisions to show (at most 1000).
     #[arg(long, default_value_t = 20)]
     limit: usize,
     /// Print the report as JSON.
@@ -167,6 +174,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { dir, tool } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => match load_config(cli.config) {
+                    Ok(config) => config.tools_dir,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             let report = crate::check::run(&dir, tool.as_deref());
             print!("{report}");
             return if report.passed() {
@@ -204,7 +221,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(file: Option<PathBuf>) -> anyhow::Result<Config> {
-    Config::load(file.as_deref()).context("the configuration is invalid")
+    Config::load(file.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "the configuration is invalid: {}",
+            crate::config::describe(&e)
+        )
+    })
 }
 
 fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {

@@ -128,6 +128,39 @@ impl Config {
     }
 }
 
+/// A configuration error as one line per problem: the setting, what is wrong with it, and where
+/// the value came from (figment's own text splits lines and nests its quotes).
+pub fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, settings) => {
+                    format!(
+                        "unknown setting `{field}` (the settings are {})",
+                        settings.join(", ")
+                    )
+                }
+                kind => kind.to_string().trim().to_owned(),
+            };
+            let key = match (&e.kind, e.path.as_slice()) {
+                (figment::error::Kind::UnknownField(..), _) | (_, []) => String::new(),
+                (_, path) => format!("{}: ", path.join(".")),
+            };
+            let from = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(source) => format!(" (in {} {source})", m.name),
+                    None => format!(" (in {})", m.name),
+                },
+                None => String::new(),
+            };
+            format!("{key}{what}{from}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 // figment's test jail returns its own (large) error type; that is its API, not ours.
 #[allow(clippy::result_large_err)]
@@ -190,6 +223,27 @@ mod tests {
             jail.create_file("s.toml", "listn = \"127.0.0.1:9000\"\n")?;
             let err = Config::load(Some(Path::new("s.toml"))).unwrap_err();
             assert!(err.to_string().contains("listn"), "{err}");
+            let said = describe(&err);
+            assert!(
+                said.starts_with("unknown setting `listn` (the settings are listen, data_dir,"),
+                "{said}"
+            );
+            assert!(said.ends_with("(in TOML file s.toml)"), "{said}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_problem_is_described_on_one_line_with_its_setting_and_source() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SAFEGUARD_MAX_BATCH", "many");
+            let said = describe(&Config::load(None).unwrap_err());
+            assert!(!said.contains('\n'), "{said}");
+            assert!(said.starts_with("max_batch: invalid type"), "{said}");
+            assert!(said.contains("environment variable"), "{said}");
+            let said = describe(&Config::load(Some(Path::new("missing.toml"))).unwrap_err());
+            assert!(!said.contains('\n'), "{said}");
+            assert!(said.contains("missing.toml"), "{said}");
             Ok(())
         });
     }

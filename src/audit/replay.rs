@@ -553,9 +553,11 @@ pub fn render(report: &ReplayReport) -> String {
         "replay of {} against {}{}",
         report.tool,
         report.against,
+        // `version <digest>` names it already.
         report
             .target_digest
             .as_deref()
+            .filter(|d| !report.against.contains(d))
             .map(|d| format!(" ({d})"))
             .unwrap_or_default()
     );

@@ -164,6 +164,14 @@ impl Catalog {
                 }
             }
         }
+        if tools.is_empty() && broken.is_empty() && errors.is_empty() {
+            // Most often the wrong folder (a mistyped tools_dir, or a command run elsewhere):
+            // serving, or passing `check`, with no tool at all is never what was meant.
+            errors.push(LoadError::new(
+                &schema_dir,
+                "no tool here: a catalog holds at least one tool schema in tool-schemas/ (is this the catalog's folder, tools_dir, right?)",
+            ));
+        }
         let catalog = Catalog {
             tools,
             core_sources,
@@ -545,7 +553,7 @@ fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<String> {
 }
 
 /// serde_json's message without its own " at line L column C" suffix, which we report apart.
-fn serde_message(e: &serde_json::Error) -> String {
+pub(crate) fn serde_message(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.rfind(" at line ") {
         Some(i) => text[..i].to_owned(),

@@ -126,11 +126,68 @@ fn check_with_an_unknown_tool_fails_and_says_there_is_no_such_tool() {
     ]);
 
     assert_check_failed(&output);
+    let said = stdout(&output);
     assert!(
-        stdout(&output).contains(r#"there is no tool "no-such-tool""#),
-        "{}",
-        stdout(&output)
+        said.contains(r#"there is no tool "no-such-tool" in this catalog (its tools: bad-sum,"#),
+        "{said}"
     );
+    assert!(!said.contains("does not load"), "the catalog loads: {said}");
+}
+
+#[test]
+fn check_of_a_folder_without_tools_fails_instead_of_passing_nothing() {
+    let empty = tempfile::tempdir().expect("a temp folder");
+    for dir in [empty.path().to_owned(), empty.path().join("missing")] {
+        let output = safeguard([OsStr::new("check"), dir.as_os_str()]);
+
+        assert_check_failed(&output);
+        assert!(
+            stdout(&output).contains("no tool here"),
+            "{}",
+            stdout(&output)
+        );
+    }
+}
+
+#[test]
+fn check_without_a_folder_checks_the_configured_tools_dir() {
+    let elsewhere = tempfile::tempdir().expect("a temp folder");
+    let output = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .arg("check")
+        .env("SAFEGUARD_TOOLS_DIR", hostile_root())
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("the safeguard binary runs");
+
+    // The hostile fixture has no cases, so its check fails; but it is the catalog checked.
+    let said = stdout(&output);
+    assert!(
+        said.starts_with(&format!("safeguard check {}", hostile_root().display())),
+        "{said}"
+    );
+    assert!(said.contains("endless-loop"), "{said}");
+}
+
+#[test]
+fn a_case_file_that_is_not_json_is_reported_once_at_its_line_and_column() {
+    let root = copy_tool(crate::repo_root(), "threshold");
+    write_case(root.path(), "threshold", "broken.json", json!({}));
+    let broken = root.path().join(CASES_DIR).join("threshold/broken.json");
+    fs::write(&broken, "{\n  oops\n}\n").unwrap();
+
+    let output = safeguard([OsStr::new("check"), root.path().as_os_str()]);
+
+    assert_check_failed(&output);
+    let said = stdout(&output);
+    let line = said
+        .lines()
+        .find(|l| l.contains("broken.json"))
+        .unwrap_or_else(|| panic!("no line for the case file: {said}"));
+    assert!(
+        line.contains("broken.json:2:3: key must be a string"),
+        "{line}"
+    );
+    assert!(!line.contains("at line"), "the place is said once: {line}");
 }
 
 /// Writes a case for `id` under the catalog at `root`.
@@ -298,6 +355,28 @@ fn replay_reproduces_the_stored_decisions_and_shows_what_a_candidate_would_chang
         changed["changes"].as_array().unwrap().len() as u64,
         universal
     );
+
+    // Against a stored version (here the one that made them all), named once.
+    let exported = safeguard_on(data.path(), &["export"]);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&exported).lines().next().expect("a line")).unwrap();
+    let digest = first["tool"]["digest"].as_str().unwrap();
+    let text = safeguard_on(
+        data.path(),
+        &["replay", "--tool", "threshold", "--version", digest],
+    );
+    assert!(text.status.success(), "{text:?}");
+    let heading = stdout(&text).lines().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        heading,
+        format!("replay of threshold against version {digest}")
+    );
+    // A base with no candidate to apply to it is a usage error, not ignored.
+    let base = safeguard_on(
+        data.path(),
+        &["replay", "--tool", "threshold", "--base", digest],
+    );
+    assert_eq!(base.status.code(), Some(2), "{base:?}");
 
     // A candidate that does not load is refused, saying why.
     fs::write(&candidate, r#"{"cut_points": {"nope": 0}}"#).expect("write");
