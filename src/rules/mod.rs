@@ -13,8 +13,10 @@ mod convert;
 mod imports;
 mod outcome;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rhai::module_resolvers::StaticModuleResolver;
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
@@ -46,6 +48,9 @@ pub struct Limits {
     /// Variables alive at once, and functions a script may define.
     pub max_variables: usize,
     pub max_functions: usize,
+    /// Time for one call of `decide`. The operation count does not bound it alone: one built-in
+    /// call (`"".pad(60000, "x")`) is one operation whatever it does.
+    pub max_duration: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +65,10 @@ impl Default for Limits {
             max_map_size: 10_000,
             max_variables: 1_000,
             max_functions: 256,
+            // A real decision takes tens of microseconds; a bound four orders of magnitude above
+            // that never cuts one short, and stops a script that builds large values in a loop
+            // within a second instead of the minutes its operation budget would allow.
+            max_duration: Duration::from_secs(1),
         }
     }
 }
@@ -109,6 +118,18 @@ pub struct CompileError {
 /// The configured engine plus the modules scripts may import.
 pub struct Sandbox {
     engine: Engine,
+    max_duration: Duration,
+}
+
+/// How many operations pass between two looks at the clock.
+const CLOCK_EVERY: u64 = 256;
+
+/// What the progress callback ends a call with when its time is up.
+const OUT_OF_TIME: &str = "out of time";
+
+thread_local! {
+    /// When the call of `decide` running on this thread must end.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -170,9 +191,23 @@ impl Sandbox {
             .set_max_strings_interned(0)
             .on_print(|_| {})
             .on_debug(|_, _, _| {});
+        // The clock is read once every `CLOCK_EVERY` operations, against the deadline the calling
+        // thread set when it called `decide`.
+        engine.on_progress(|operations| {
+            if operations % CLOCK_EVERY != 0 {
+                return None;
+            }
+            DEADLINE
+                .get()
+                .is_some_and(|deadline| Instant::now() > deadline)
+                .then(|| Dynamic::from(OUT_OF_TIME))
+        });
         // `eval` would run code that was never compiled, checked or digested.
         engine.disable_symbol("eval");
-        Sandbox { engine }
+        Sandbox {
+            engine,
+            max_duration: limits.max_duration,
+        }
     }
 
     /// A sandbox with default limits and nothing importable.
@@ -245,15 +280,16 @@ impl Sandbox {
         // `eval_ast(false)`: the top level ran once when the script was compiled into a
         // self-contained AST; re-running it per request would only cost time.
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        self.engine
-            .call_fn_with_options::<Dynamic>(
-                options,
-                &mut Scope::new(),
-                &script.ast,
-                ENTRY_POINT,
-                (form, params),
-            )
-            .map_err(|e| runtime_error(&e))
+        DEADLINE.set(Some(Instant::now() + self.max_duration));
+        let result = self.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut Scope::new(),
+            &script.ast,
+            ENTRY_POINT,
+            (form, params),
+        );
+        DEADLINE.set(None);
+        result.map_err(|e| runtime_error(&e, self.max_duration))
     }
 
     /// The JSON-to-Rhai conversion, exposed for the benchmark that splits evaluation time.
@@ -275,10 +311,14 @@ fn describe(e: &EvalAltResult) -> String {
     }
 }
 
-fn runtime_error(e: &EvalAltResult) -> EvalError {
+fn runtime_error(e: &EvalAltResult, max_duration: Duration) -> EvalError {
     let inner = e.unwrap_inner();
     let (line, column) = position(inner.position());
     let limit = match inner {
+        EvalAltResult::ErrorTerminated(..) => Some(format!(
+            "it ran for longer than {} ms (does it build large values in a loop?)",
+            max_duration.as_millis()
+        )),
         EvalAltResult::ErrorTooManyOperations(..) => {
             Some("too many operations (is there a loop that never ends?)".to_owned())
         }
@@ -328,6 +368,40 @@ mod tests {
     fn an_endless_loop_hits_the_operation_limit() {
         let err = run("fn decide(form, params) { loop {} }").unwrap_err();
         assert!(matches!(err, EvalError::Limit { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_script_that_does_much_in_few_operations_hits_the_time_limit() {
+        let limits = Limits {
+            max_duration: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        let sandbox = Sandbox::new(limits);
+        // Each turn is a few operations but a 60 KB string: far within the operation budget,
+        // far beyond 50 ms.
+        let script = sandbox
+            .compile(r#"fn decide(form, params) { loop { let s = "".pad(60000, "x"); } }"#)
+            .unwrap();
+        let started = Instant::now();
+        let err = sandbox
+            .decide(&script, &json!({}), &Dynamic::UNIT, LEVELS)
+            .unwrap_err();
+        match err {
+            EvalError::Limit { what, .. } => assert!(what.contains("longer than 50 ms"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The next call on this thread gets its own time.
+        let quick = sandbox
+            .compile(r#"fn decide(form, params) { #{level: "low", recommendation: "r", explanation: "e", reasons: []} }"#)
+            .unwrap();
+        assert!(sandbox
+            .decide(&quick, &json!({}), &Dynamic::UNIT, LEVELS)
+            .is_ok());
     }
 
     #[test]

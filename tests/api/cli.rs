@@ -90,8 +90,8 @@ fn check_of_the_hostile_catalog_fails_because_it_has_no_cases_to_reach_any_level
     let text = stdout(&output);
     assert!(text.contains("0 load problem(s)"), "{text}");
     assert!(
-        text.contains("7 tool(s), 0 case(s)")
-            && text.contains("14 declared level(s) reached by no case"),
+        text.contains("8 tool(s), 0 case(s)")
+            && text.contains("16 declared level(s) reached by no case"),
         "{text}"
     );
 }

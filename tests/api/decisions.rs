@@ -859,6 +859,12 @@ async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the
             "too deeply",
         ),
         (
+            "slow-strings",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/script-limit",
+            "longer than 1000 ms",
+        ),
+        (
             "huge-array",
             StatusCode::UNPROCESSABLE_ENTITY,
             "/problems/script-limit",

@@ -80,6 +80,11 @@ fn an_endless_loop_stops_at_the_operation_limit() {
 }
 
 #[test]
+fn a_loop_that_does_much_in_few_operations_stops_at_the_time_limit() {
+    check_hostile("slow-strings", Expected::Limit("longer than 1000 ms"));
+}
+
+#[test]
 fn endless_recursion_stops_at_the_call_depth_limit() {
     check_hostile("endless-recursion", Expected::Limit("too deeply"));
 }
