@@ -440,41 +440,27 @@ async fn a_replacement_script_with_a_syntax_error_is_refused_at_its_line_and_col
 }
 
 #[tokio::test]
-async fn a_schema_patch_outside_the_plugin_folder_is_refused_and_not_read() {
-    // The core schema itself, two folders up: a file the service can read, but not the
-    // plugin's to name.
-    let broken = manifest(&format!(
-        "[overrides.{TOOL}]\nschema_patch = \"../../tool-schemas/{TOOL}.json\"\n"
-    ));
-
-    check_broken_plugin(
-        &broken,
-        &[],
-        "plugin.toml",
-        At::File,
-        "must be a path inside the plugin folder",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_replacement_script_at_an_absolute_path_is_refused_and_not_read() {
+async fn a_plugin_file_outside_the_plugin_folder_is_refused_and_not_read() {
+    // A file the service can read but the plugin has no business naming: the core schema, two
+    // folders up; a script at an absolute path elsewhere.
     let outside = tempfile::tempdir().expect("a temporary folder");
     let script = outside.path().join("rules.rhai");
     std::fs::write(&script, ADDS_A_REASON).expect("write");
-    let broken = manifest(&format!(
-        "[overrides.{TOOL}]\nrules = {:?}\n",
-        script.display().to_string()
-    ));
+    for line in [
+        format!("schema_patch = \"../../tool-schemas/{TOOL}.json\""),
+        format!("rules = {:?}", script.display().to_string()),
+    ] {
+        let broken = manifest(&format!("[overrides.{TOOL}]\n{line}\n"));
 
-    check_broken_plugin(
-        &broken,
-        &[],
-        "plugin.toml",
-        At::File,
-        "must be a path inside the plugin folder",
-    )
-    .await;
+        check_broken_plugin(
+            &broken,
+            &[],
+            "plugin.toml",
+            At::File,
+            "must be a path inside the plugin folder",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
