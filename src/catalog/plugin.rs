@@ -97,9 +97,26 @@ pub(crate) fn apply_all(
     let mut folders: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join(MANIFEST).is_file())
+        .filter(|p| p.is_dir())
+        // Hidden folders (`.git`, an editor's) are not plugins.
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     folders.sort();
+    // A folder without its manifest (misnamed, say `Plugin.toml`) would otherwise be skipped in
+    // silence, and the core values served where local ones were meant.
+    folders.retain(|folder| {
+        let has_manifest = folder.join(MANIFEST).is_file();
+        if !has_manifest {
+            errors.push(LoadError::new(
+                folder,
+                format!("a plugin folder without its {MANIFEST}: add it, or move the folder out of {PLUGINS_DIR}/"),
+            ));
+        }
+        has_manifest
+    });
     for folder in folders {
         let mut staged = working.clone();
         let mut plugin_broken = BTreeSet::new();
@@ -343,7 +360,8 @@ fn needed_imports(
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, String> {
     let mut needed = BTreeMap::new();
-    for import in imports(source) {
+    // An import of a computed name is refused where the script compiles, with its place.
+    for import in imports(source).into_iter().filter(|i| i.literal) {
         match core_sources.get(&import.path) {
             Some(core) => {
                 needed.insert(import.path.clone(), core.clone());
@@ -400,8 +418,30 @@ fn merge_params(
                 file,
                 format!("`{path}` of {tool} is a single value ({existing}), not a table"),
             )),
+            Some(existing) if kind(existing) != kind(value) => errors.push(LoadError::new(
+                file,
+                format!(
+                    "`{path}` of {tool} is {} ({existing}), not {} ({value}): a local value replaces the core one only with one of the same kind",
+                    kind(existing),
+                    kind(value)
+                ),
+            )),
             Some(existing) => *existing = value.clone(),
         }
+    }
+}
+
+/// What kind of JSON value `v` is, in words: a param keeps its kind when a plugin changes it, or
+/// the script that reads it decides differently without a word (a list where a number was
+/// compares as neither greater nor smaller).
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a true/false value",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
     }
 }
 

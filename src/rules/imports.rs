@@ -10,6 +10,9 @@ pub struct Import {
     pub column: usize,
     /// True when written outside every function body.
     pub top_level: bool,
+    /// False when the path is an expression rather than a string literal: what such an import
+    /// loads is known only when it runs, so no version could record it.
+    pub literal: bool,
 }
 
 /// Every `import "..."` in `source`, skipping strings and comments.
@@ -60,16 +63,16 @@ pub fn imports(source: &str) -> Vec<Import> {
                 && bytes.get(i + 6).is_some_and(|b| !is_ident(*b)) =>
             {
                 let rest = source[i + 6..].trim_start();
-                if let Some(literal) = rest.strip_prefix('"') {
-                    if let Some(end) = literal.find('"') {
-                        out.push(Import {
-                            path: literal[..end].to_owned(),
-                            line,
-                            column: i - line_start + 1,
-                            top_level: depth == 0,
-                        });
-                    }
-                }
+                let literal = rest
+                    .strip_prefix('"')
+                    .and_then(|literal| literal.find('"').map(|end| &literal[..end]));
+                out.push(Import {
+                    path: literal.unwrap_or_default().to_owned(),
+                    line,
+                    column: i - line_start + 1,
+                    top_level: depth == 0,
+                    literal: literal.is_some(),
+                });
                 i += 6;
                 continue;
             }
@@ -102,5 +105,14 @@ mod tests {
             ("harm-analysis", 5, false)
         );
         assert_eq!(found[1].column, 3);
+        assert!(found.iter().all(|i| i.literal));
+    }
+
+    #[test]
+    fn an_import_of_an_expression_is_found_as_not_literal() {
+        let found = imports("fn decide(form, params) {\n  let m = \"harm-\" + \"analysis\";\n  import m as other;\n}");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(!found[0].literal);
+        assert_eq!((found[0].line, found[0].column), (3, 3));
     }
 }

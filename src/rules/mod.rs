@@ -218,6 +218,13 @@ impl Sandbox {
     /// Compiles `source`, resolving its imports now so the AST carries the exact modules it was
     /// built with, and checks that it defines `decide(form, params)`.
     pub fn compile(&self, source: &str) -> Result<Script, CompileError> {
+        if let Some(import) = imports(source).into_iter().find(|i| !i.literal) {
+            return Err(CompileError {
+                message: "an import must name its module as a string literal (`import \"<tool-id>\" as core;`): a version records what its script imports, and an import computed while it runs could load what no version recorded".to_owned(),
+                line: Some(import.line),
+                column: Some(import.column),
+            });
+        }
         if let Some(import) = imports(source).into_iter().find(|i| i.top_level) {
             return Err(CompileError {
                 message: format!(
@@ -427,6 +434,15 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("inside `fn decide`"), "{err:?}");
         assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn an_import_of_a_computed_name_is_refused_with_its_place() {
+        let err = Sandbox::with_defaults()
+            .compile("fn decide(form, params) {\n  let m = \"core\";\n  import m as core;\n  1\n}")
+            .unwrap_err();
+        assert!(err.message.contains("string literal"), "{err:?}");
+        assert_eq!((err.line, err.column), (Some(3), Some(3)));
     }
 
     #[test]

@@ -464,6 +464,26 @@ async fn a_plugin_file_outside_the_plugin_folder_is_refused_and_not_read() {
 }
 
 #[tokio::test]
+async fn a_params_override_of_another_kind_is_refused_naming_the_key() {
+    // A list or a text where the core has a number would compare as neither greater nor
+    // smaller, and every level would change without a word.
+    for (value, said) in [("[7, 8]", "a list ([7,8])"), ("\"7\"", "a text (\"7\")")] {
+        let broken = manifest(&format!(
+            "[overrides.{TOOL}]\nparams = {{ cut_points = {{ medium = {value} }} }}\n"
+        ));
+
+        check_broken_plugin(
+            &broken,
+            &[],
+            "plugin.toml",
+            At::File,
+            &format!("`params.cut_points.medium` of harm-analysis is a number (6), not {said}"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn a_params_override_with_an_unknown_key_is_refused_naming_the_key() {
     let broken = manifest(&format!(
         "[overrides.{TOOL}]\nparams = {{ cut_points = {{ meduim = 7 }} }}\n"
@@ -492,6 +512,24 @@ async fn a_replacement_script_importing_a_missing_module_is_refused_naming_it_at
         &format!("overrides/{TOOL}.rhai"),
         At::Position(2, 5),
         "imports \"no-such-tool\", which is not a core tool",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replacement_script_importing_a_computed_name_is_refused_at_its_line() {
+    // The name is a core tool's, but computed: the version could not record what it loads.
+    let broken = manifest(&format!(
+        "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
+    ));
+    let script = "fn decide(form, params) {\n    let name = \"harm-\" + \"analysis\";\n    import name as core;\n    core::decide(form, params)\n}\n";
+
+    check_broken_plugin(
+        &broken,
+        &[(&format!("overrides/{TOOL}.rhai"), script)],
+        &format!("overrides/{TOOL}.rhai"),
+        At::Position(3, 5),
+        "an import must name its module as a string literal",
     )
     .await;
 }
@@ -614,6 +652,32 @@ async fn serve_refuses_to_start_with_a_broken_plugin() {
         Err(other) => panic!("expected a catalog error, got {other}"),
         Ok(_) => panic!("the service started with a broken plugin"),
     }
+}
+
+#[tokio::test]
+async fn a_plugin_folder_whose_manifest_is_misnamed_is_refused_not_skipped() {
+    let root = recalibrated(7);
+    let app = spawn_app_with(root.path()).await;
+    let served = app.listed(TOOL).await;
+    let folder = root.path().join("plugins").join(PLUGIN);
+    std::fs::rename(folder.join("plugin.toml"), folder.join("Plugin.toml")).expect("rename");
+
+    let errors = Catalog::load(root.path()).expect_err("the folder is not skipped");
+    let response = app.reload().await;
+
+    let [error] = errors.as_slice() else {
+        panic!("expected exactly one problem, got {errors:#?}");
+    };
+    assert_eq!(error.file, folder, "{error}");
+    assert!(error.message.contains("without its plugin.toml"), "{error}");
+    problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/catalog-invalid",
+    )
+    .await;
+    // The recalibrated version goes on being served, not the core one.
+    assert_eq!(app.listed(TOOL).await["digest"], served["digest"]);
 }
 
 // Reloading.
