@@ -307,6 +307,25 @@ impl Decisions {
         Ok(appended.revision)
     }
 
+    /// A tool's levels, least to most serious: as served, or, for a tool no longer served, as its
+    /// latest stored version declared them (its decisions stay on record and can be studied).
+    pub fn levels_of(&self, tool_id: &str) -> DecisionResult<Vec<String>> {
+        if let Some(tool) = self.catalog().get(tool_id) {
+            return Ok(tool.levels().to_vec());
+        }
+        let latest = self
+            .store
+            .versions(tool_id)?
+            .pop()
+            .ok_or_else(|| DecisionError::UnknownTool(tool_id.to_owned()))?;
+        let meta = self.meta_of(&ToolRef {
+            id: latest.tool,
+            version: latest.version,
+            digest: latest.digest,
+        })?;
+        Ok(meta.outcomes.iter().map(|o| o.level.clone()).collect())
+    }
+
     /// The `x-tool` of the version that made a decision: from the catalog when it still serves
     /// that digest, else from the stored snapshot.
     fn meta_of(&self, tool: &ToolRef) -> DecisionResult<Arc<ToolMeta>> {

@@ -251,11 +251,7 @@ pub async fn audit_disparity(
             .expect("validate reports at least one problem");
         return Err(ApiError::invalid(field, message));
     }
-    let catalog = state.decisions.catalog();
-    let levels = catalog
-        .get(&request.tool)
-        .map(|t| t.levels().to_vec())
-        .ok_or_else(|| ApiError::UnknownTool(request.tool.clone()))?;
+    let levels = state.decisions.levels_of(&request.tool)?;
     let decisions = state.decisions.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut error = None;

@@ -179,7 +179,14 @@ pub enum StoreError {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Io(e.to_string())
+        match e {
+            // Damage below the journal (sled's own files changed outside it): no revision can be
+            // named, only the remedy.
+            sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
+                "the store's files are damaged ({e}); restore the data folder from a backup"
+            )),
+            e => StoreError::Io(e.to_string()),
+        }
     }
 }
 

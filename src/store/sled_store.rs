@@ -478,7 +478,13 @@ fn parse_anchor(text: &str) -> Option<Head> {
 /// panics, rather than returning an error, when its recovery meets some kinds of damage in the
 /// data file (bytes overwritten inside its log), which becomes [`StoreError::Corrupt`].
 fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+    // Without its own message and backtrace: the error below says what happened and what to do.
+    // (The hook is the process's; a panic elsewhere in this moment would lose its message only.)
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    std::panic::set_hook(hook);
+    match opened {
         Ok(Err(e)) if e.to_string().contains("could not acquire lock") => {
             Err(StoreError::Locked(e.to_string()))
         }

@@ -842,6 +842,46 @@ async fn disparity_groups_decisions_by_a_form_field_and_marks_small_groups() {
 }
 
 #[tokio::test]
+async fn disparity_studies_a_tool_no_longer_served_from_its_stored_versions() {
+    let root = catalog_copy(false);
+    let app = spawn_app_with(root.path()).await;
+    let input = valid_input("threshold");
+    for case in ["case-1", "case-2", "case-3"] {
+        let response = app
+            .submit(case, "threshold", &input, Role::Practitioner)
+            .await;
+        json_of(response, StatusCode::CREATED).await;
+    }
+    // The agency withdraws the tool; its decisions stay on record.
+    std::fs::remove_file(root.path().join("tool-schemas/threshold.json")).unwrap();
+    std::fs::remove_file(root.path().join("rules/threshold.rhai")).unwrap();
+    std::fs::remove_dir_all(root.path().join("tests/cases/threshold")).unwrap();
+    json_of(app.reload().await, StatusCode::OK).await;
+    let field = input.as_object().unwrap().keys().next().unwrap().clone();
+
+    let response = app
+        .post_json(
+            "/v1/audit/disparity",
+            Role::Auditor,
+            &json!({"tool": "threshold", "field": format!("/{field}")}),
+        )
+        .await;
+
+    let report = json_of(response, StatusCode::OK).await;
+    assert_eq!(report["total"], 3, "{report:#}");
+    assert_eq!(report["groups"].as_array().unwrap().len(), 1, "{report:#}");
+    // A tool that never existed is still unknown.
+    let unknown = app
+        .post_json(
+            "/v1/audit/disparity",
+            Role::Auditor,
+            &json!({"tool": "no-such-tool", "field": "/x"}),
+        )
+        .await;
+    problem(unknown, StatusCode::NOT_FOUND, "/problems/unknown-tool").await;
+}
+
+#[tokio::test]
 async fn disparity_gives_every_rate_a_wilson_interval() {
     let app = spawn_app().await;
     decisions_by_current_risks(&app).await;
