@@ -380,7 +380,7 @@ fn read_parts(
 pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<LoadError>> {
     let mut errors = Vec::new();
     let form = match Form::compile(&parts.schema) {
-        Ok(form) => Some(form),
+        Ok(form) => Some(form.within(sandbox.form_bounds())),
         Err(problems) => {
             errors.extend(problems.into_iter().map(|p| {
                 let (line, column) = match (parts.schema_text.as_deref(), &p.needle) {

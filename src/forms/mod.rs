@@ -73,9 +73,88 @@ pub struct Violation {
     pub message: String,
 }
 
+/// The largest values a tool's rules can hold (the sandbox's bounds). A form holding a larger
+/// one is refused here, naming the field, rather than failing later in the rules with a limit
+/// the practitioner cannot place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Bytes of one text.
+    pub text_bytes: usize,
+    /// Items of one list.
+    pub items: usize,
+    /// Fields of one object.
+    pub fields: usize,
+}
+
+impl Bounds {
+    /// No bound beyond the schema's own.
+    pub const NONE: Bounds = Bounds {
+        text_bytes: usize::MAX,
+        items: usize::MAX,
+        fields: usize::MAX,
+    };
+}
+
+/// Whether `value` and everything in it is within `bounds`.
+fn within(value: &Value, bounds: &Bounds) -> bool {
+    match value {
+        Value::String(s) => s.len() <= bounds.text_bytes,
+        Value::Array(items) => {
+            items.len() <= bounds.items && items.iter().all(|v| within(v, bounds))
+        }
+        Value::Object(fields) => {
+            fields.len() <= bounds.fields && fields.values().all(|v| within(v, bounds))
+        }
+        _ => true,
+    }
+}
+
+/// A violation for every value in `value` (at JSON Pointer `path`) beyond `bounds`.
+fn beyond(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) {
+    let mut say = |message: String| {
+        out.push(Violation {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    match value {
+        Value::String(s) if s.len() > bounds.text_bytes => say(format!(
+            "is {} bytes long; the longest text a tool can read is {} bytes",
+            s.len(),
+            bounds.text_bytes
+        )),
+        Value::Array(items) => {
+            if items.len() > bounds.items {
+                say(format!(
+                    "has {} items; a tool can read at most {}",
+                    items.len(),
+                    bounds.items
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                beyond(item, &format!("{path}/{i}"), bounds, out);
+            }
+        }
+        Value::Object(fields) => {
+            if fields.len() > bounds.fields {
+                say(format!(
+                    "has {} fields; a tool can read at most {}",
+                    fields.len(),
+                    bounds.fields
+                ));
+            }
+            for (name, field) in fields {
+                beyond(field, &child(path, name), bounds, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A compiled form schema.
 pub struct Form {
     validator: jsonschema::Validator,
+    bounds: Bounds,
 }
 
 impl std::fmt::Debug for Form {
@@ -111,6 +190,11 @@ impl jsonschema::Retrieve for NoExternalRefs {
 }
 
 impl Form {
+    /// This form, also refusing any value beyond `bounds`.
+    pub fn within(self, bounds: Bounds) -> Self {
+        Form { bounds, ..self }
+    }
+
     /// Compiles `schema` as draft 2020-12 (whatever its `$schema` says), checking it against the
     /// meta-schema first so a tool owner hears about a misspelt keyword type, not a vague failure.
     pub fn compile(schema: &Value) -> Result<Self, Vec<SchemaError>> {
@@ -150,7 +234,10 @@ impl Form {
                     needle,
                 }]
             })?;
-        Ok(Form { validator })
+        Ok(Form {
+            validator,
+            bounds: Bounds::NONE,
+        })
     }
 
     /// Every violation of `input`, in document order; empty when the form is valid.
@@ -187,12 +274,15 @@ impl Form {
         if !all_exact(input) {
             inexact_numbers(input, "", &mut out);
         }
+        if !within(input, &self.bounds) {
+            beyond(input, "", &self.bounds, &mut out);
+        }
         out
     }
 
     /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
     pub fn is_valid(&self, input: &Value) -> bool {
-        self.validator.is_valid(input) && all_exact(input)
+        self.validator.is_valid(input) && all_exact(input) && within(input, &self.bounds)
     }
 }
 
@@ -224,6 +314,35 @@ mod tests {
         assert!(paths.contains(&"/people/1/name"), "{v:?}");
         assert!(paths.contains(&"/extra"), "{v:?}");
         assert_eq!(v.len(), 3, "{v:?}");
+    }
+
+    #[test]
+    fn a_value_beyond_the_bounds_is_refused_at_its_pointer() {
+        let f = form().within(Bounds {
+            text_bytes: 4,
+            items: 2,
+            fields: 3,
+        });
+        let fits = json!({"age": 3, "people": [{"name": "four"}, {"name": "é"}]});
+        assert!(f.is_valid(&fits), "{:?}", f.violations(&fits));
+
+        let input = json!({"age": 3, "people": [{"name": "fives"}, {"name": "a"}, {"name": "b"}]});
+        assert!(!f.is_valid(&input));
+        let v = f.violations(&input);
+        let found: Vec<(&str, &str)> = v
+            .iter()
+            .map(|v| (v.path.as_str(), v.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("/people", "has 3 items; a tool can read at most 2"),
+                (
+                    "/people/0/name",
+                    "is 5 bytes long; the longest text a tool can read is 4 bytes"
+                ),
+            ]
+        );
     }
 
     #[test]

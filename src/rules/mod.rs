@@ -118,7 +118,7 @@ pub struct CompileError {
 /// The configured engine plus the modules scripts may import.
 pub struct Sandbox {
     engine: Engine,
-    max_duration: Duration,
+    limits: Limits,
 }
 
 /// How many operations pass between two looks at the clock.
@@ -204,9 +204,15 @@ impl Sandbox {
         });
         // `eval` would run code that was never compiled, checked or digested.
         engine.disable_symbol("eval");
-        Sandbox {
-            engine,
-            max_duration: limits.max_duration,
+        Sandbox { engine, limits }
+    }
+
+    /// The largest form values its scripts can hold: what a form must stay within.
+    pub fn form_bounds(&self) -> crate::forms::Bounds {
+        crate::forms::Bounds {
+            text_bytes: self.limits.max_string_size,
+            items: self.limits.max_array_size,
+            fields: self.limits.max_map_size,
         }
     }
 
@@ -287,7 +293,7 @@ impl Sandbox {
         // `eval_ast(false)`: the top level ran once when the script was compiled into a
         // self-contained AST; re-running it per request would only cost time.
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        DEADLINE.set(Some(Instant::now() + self.max_duration));
+        DEADLINE.set(Some(Instant::now() + self.limits.max_duration));
         let result = self.engine.call_fn_with_options::<Dynamic>(
             options,
             &mut Scope::new(),
@@ -296,7 +302,7 @@ impl Sandbox {
             (form, params),
         );
         DEADLINE.set(None);
-        result.map_err(|e| runtime_error(&e, self.max_duration))
+        result.map_err(|e| runtime_error(&e, self.limits.max_duration))
     }
 
     /// The JSON-to-Rhai conversion, exposed for the benchmark that splits evaluation time.

@@ -195,6 +195,20 @@ async fn a_form_missing_a_required_field_is_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_text_longer_than_a_tool_can_read_is_422_naming_the_field() {
+    // harm-analysis sets no maxLength on the child's view; the rules can hold 64 KiB of text.
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    input["child_view"] = json!("x".repeat(70_000));
+
+    assert_form_refused(&app, &input, &["/child_view"]).await;
+    // Just within the bound, it decides.
+    input["child_view"] = json!("x".repeat(65_536));
+    let response = app.submit("case-2", TOOL, &input, Role::Practitioner).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn a_form_with_an_unknown_field_is_422_naming_the_field() {
     let app = spawn_app().await;
     let mut input = valid_input(TOOL);
