@@ -210,7 +210,15 @@ impl Decisions {
     ) -> DecisionResult<Revision> {
         let latest = self.current(decision_id, expected_revision)?;
         let meta = self.meta_of(&latest.tool)?;
-        check_override(&meta, &latest.outcome.level, level, reason)?;
+        check_override(
+            &meta,
+            &latest.outcome.level,
+            latest.effective_level(),
+            level,
+            reason,
+        )?;
+        // An approved override stays in force until this one is approved in turn.
+        let replaces = latest.override_in_force().cloned().map(Box::new);
         let draft = Draft {
             override_: Some(Override {
                 level: level.to_owned(),
@@ -218,6 +226,7 @@ impl Decisions {
                 by: actor.clone(),
                 status: OverrideStatus::Pending,
                 approved_by: None,
+                replaces,
             }),
             kind: RevisionKind::Overridden,
             ..carry_over(latest)
@@ -247,6 +256,7 @@ impl Decisions {
             override_: Some(Override {
                 status: OverrideStatus::Approved,
                 approved_by: Some(actor.clone()),
+                replaces: None,
                 ..pending
             }),
             kind: RevisionKind::Approved,
@@ -392,7 +402,16 @@ fn carry_over(latest: Revision) -> Draft {
 }
 
 /// The override policy of `x-tool.override`, checked against the tool's own level.
-fn check_override(meta: &ToolMeta, from: &str, to: &str, reason: &str) -> DecisionResult<()> {
+/// Whether an override from the tool's level `from` to `to` may be asked for, with the level
+/// `in_force` now (the tool's, or an approved override's). The policy bounds the distance from
+/// the tool's own decision; going back to it is how an approved override is withdrawn.
+fn check_override(
+    meta: &ToolMeta,
+    from: &str,
+    in_force: &str,
+    to: &str,
+    reason: &str,
+) -> DecisionResult<()> {
     let invalid = |field, message: String| Err(DecisionError::InvalidOverride { field, message });
     if reason.trim().is_empty() {
         return invalid("/reason", "an override needs a reason".into());
@@ -409,8 +428,15 @@ fn check_override(meta: &ToolMeta, from: &str, to: &str, reason: &str) -> Decisi
         );
     };
     let from_rank = levels.iter().position(|l| *l == from).unwrap_or(to_rank);
-    if to_rank == from_rank {
-        return invalid("/level", format!("the tool already decided {to:?}"));
+    if to == in_force {
+        return invalid(
+            "/level",
+            if in_force == from {
+                format!("the tool already decided {to:?}")
+            } else {
+                format!("{to:?} is already the level in force (an approved override)")
+            },
+        );
     }
     let Some(policy) = meta.override_policy else {
         return Ok(());
@@ -604,20 +630,20 @@ mod tests {
     #[test]
     fn an_override_needs_a_reason_and_a_declared_level() {
         assert!(matches!(
-            check_override(&meta(None), "low", "high", " "),
+            check_override(&meta(None), "low", "low", "high", " "),
             Err(DecisionError::InvalidOverride {
                 field: "/reason",
                 ..
             })
         ));
         assert!(matches!(
-            check_override(&meta(None), "low", "urgent", "r"),
+            check_override(&meta(None), "low", "low", "urgent", "r"),
             Err(DecisionError::InvalidOverride {
                 field: "/level",
                 ..
             })
         ));
-        assert!(check_override(&meta(None), "low", "high", "r").is_ok());
+        assert!(check_override(&meta(None), "low", "low", "high", "r").is_ok());
     }
 
     #[test]
@@ -626,10 +652,25 @@ mod tests {
             direction: Direction::Up,
             max_steps: Some(1),
         }));
-        assert!(check_override(&up_one, "low", "medium", "r").is_ok());
-        let err = check_override(&up_one, "low", "high", "r").unwrap_err();
+        assert!(check_override(&up_one, "low", "low", "medium", "r").is_ok());
+        let err = check_override(&up_one, "low", "low", "high", "r").unwrap_err();
         assert!(err.to_string().contains("at most 1"), "{err}");
-        let err = check_override(&up_one, "medium", "low", "r").unwrap_err();
+        let err = check_override(&up_one, "medium", "medium", "low", "r").unwrap_err();
         assert!(err.to_string().contains("only overrides up"), "{err}");
+    }
+
+    #[test]
+    fn an_approved_override_can_be_withdrawn_but_not_asked_for_again() {
+        // The tool said low; an approved override made it medium.
+        let up_one = meta(Some(OverridePolicy {
+            direction: Direction::Up,
+            max_steps: Some(1),
+        }));
+        assert!(check_override(&up_one, "low", "medium", "low", "r").is_ok());
+        let err = check_override(&up_one, "low", "medium", "medium", "r").unwrap_err();
+        assert!(
+            err.to_string().contains("already the level in force"),
+            "{err}"
+        );
     }
 }

@@ -455,6 +455,7 @@ mod tests {
             status,
             approved_by: (status == OverrideStatus::Approved)
                 .then(|| actor("sue", Role::Supervisor)),
+            replaces: None,
         });
         r.recorded_at = at.into();
         r

@@ -468,6 +468,7 @@ mod tests {
             by: actor("pat"),
             status,
             approved_by: None,
+            replaces: None,
         });
         r
     }

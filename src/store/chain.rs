@@ -319,6 +319,28 @@ mod tests {
                 },
                 status: OverrideStatus::Approved,
                 approved_by: None,
+                replaces: None,
+            }),
+            Some(Override {
+                level: "low".into(),
+                reason: "withdrawn".into(),
+                by: Actor {
+                    subject: "p".into(),
+                    role: Role::Practitioner,
+                },
+                status: OverrideStatus::Pending,
+                approved_by: None,
+                replaces: Some(Box::new(Override {
+                    level: "high".into(),
+                    reason: "r".into(),
+                    by: Actor {
+                        subject: "q".into(),
+                        role: Role::Practitioner,
+                    },
+                    status: OverrideStatus::Approved,
+                    approved_by: None,
+                    replaces: None,
+                })),
             }),
         ] {
             let draft = draft(override_);

@@ -64,6 +64,12 @@ pub struct Override {
     pub status: OverrideStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<Actor>,
+    /// While this override waits for approval: the approved override it would replace, which
+    /// stays in force until then (one person alone cannot undo what two agreed). Cleared when
+    /// this one is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub replaces: Option<Box<Override>>,
 }
 
 /// One immutable entry of the journal: the whole state of a decision after one change.
@@ -94,11 +100,20 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// The level in force: an approved override's, else the tool's.
+    /// The level in force: an approved override's, else the tool's. A pending override changes
+    /// nothing until it is approved, so while one waits that replaces an approved override, the
+    /// approved one is still in force.
     pub fn effective_level(&self) -> &str {
+        self.override_in_force()
+            .map_or(&self.outcome.level, |o| &o.level)
+    }
+
+    /// The approved override in force, if any (see [`Revision::effective_level`]).
+    pub fn override_in_force(&self) -> Option<&Override> {
         match &self.override_ {
-            Some(o) if o.status == OverrideStatus::Approved => &o.level,
-            _ => &self.outcome.level,
+            Some(o) if o.status == OverrideStatus::Approved => Some(o),
+            Some(o) => o.replaces.as_deref(),
+            None => None,
         }
     }
 }

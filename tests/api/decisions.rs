@@ -518,8 +518,19 @@ async fn assert_override_refused(
     request: &Value,
     paths: &[&str],
 ) -> Value {
+    assert_override_refused_at(app, id, 1, request, paths).await
+}
+
+/// As [`assert_override_refused`], on revision `revision`, the decision's latest.
+async fn assert_override_refused_at(
+    app: &TestApp,
+    id: &str,
+    revision: u32,
+    request: &Value,
+    paths: &[&str],
+) -> Value {
     let response = app
-        .change(id, "override", Role::Practitioner, 1, request)
+        .change(id, "override", Role::Practitioner, revision, request)
         .await;
 
     let body = problem(
@@ -529,7 +540,11 @@ async fn assert_override_refused(
     )
     .await;
     assert_eq!(error_paths(&body), paths, "{body}");
-    assert_eq!(app.revisions(id).await.len(), 1, "nothing is written");
+    assert_eq!(
+        app.revisions(id).await.len(),
+        revision as usize,
+        "nothing is written"
+    );
     body
 }
 
@@ -713,6 +728,59 @@ async fn a_supervisor_approves_a_practitioners_override() {
         approved["override"]["approved_by"]["subject"],
         subject(Role::Supervisor)
     );
+}
+
+#[tokio::test]
+async fn an_approved_override_stays_in_force_until_a_new_override_is_approved() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    let tool_level = pending["tool_level"].clone();
+    let agreed = pending["override"]["level"].clone();
+    json_of(
+        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // One practitioner alone asks to go back to the tool's level (withdrawing the override)...
+    let withdrawal =
+        json!({"level": tool_level, "reason": "the family has moved away from the risk"});
+    let asked = json_of(
+        app.change(id, "override", Role::Practitioner, 3, &withdrawal)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    // ...and the level the two agreed stays in force while that waits.
+    assert_eq!(asked["level"], agreed, "{asked}");
+    assert_eq!(asked["override"]["status"], "pending");
+    assert_eq!(asked["override"]["replaces"]["level"], agreed, "{asked}");
+    let journey = json_of(
+        app.get("/v1/cases/case-1", Role::Auditor).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(journey["latest"][TOOL]["level"], agreed, "{journey}");
+    // Asking for the level already in force is refused.
+    assert_override_refused_at(
+        &app,
+        id,
+        4,
+        &json!({"level": agreed, "reason": "again"}),
+        &["/level"],
+    )
+    .await;
+
+    let approved = json_of(
+        app.change(id, "approve", Role::Supervisor, 4, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(approved["level"], tool_level, "{approved}");
+    assert!(approved["override"].get("replaces").is_none(), "{approved}");
 }
 
 #[tokio::test]
