@@ -22,11 +22,15 @@ fn child(parent: &str, name: &str) -> String {
 /// The largest magnitude of an integer every JSON reader holds exactly: 2^53 - 1.
 pub const MAX_EXACT_INTEGER: u64 = 9_007_199_254_740_991;
 
-/// Whether `n` is held exactly by an IEEE double (every float is; an integer within ±(2^53 - 1)).
+/// Whether `n` is within ±(2^53 - 1), where every whole number is held exactly by an IEEE
+/// double. Beyond it every double is whole, and canonical JSON writes it as an integer
+/// (`1e16` as `10000000000000000`) that could not be read back exactly, nor accepted again: a
+/// stored form must pass the same check it passed when it was sent, or it could not be replayed.
 fn exact(n: &serde_json::Number) -> bool {
-    match (n.as_u64(), n.as_i64()) {
-        (Some(u), _) => u <= MAX_EXACT_INTEGER,
-        (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT_INTEGER,
+    match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) => u <= MAX_EXACT_INTEGER,
+        (None, Some(i), _) => i.unsigned_abs() <= MAX_EXACT_INTEGER,
+        (None, None, Some(f)) => f.abs() <= MAX_EXACT_INTEGER as f64,
         _ => true,
     }
 }
@@ -47,7 +51,7 @@ fn inexact_numbers(value: &Value, path: &str, out: &mut Vec<Violation>) {
         Value::Number(n) if !exact(n) => out.push(Violation {
             path: path.to_owned(),
             message: format!(
-                "{n} is too large to be stored exactly: whole numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
+                "{n} is too large to be stored exactly: numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
             ),
         }),
         Value::Array(items) => {
@@ -371,8 +375,36 @@ mod tests {
             v[0].message.contains("9007199254740992 is too large"),
             "{v:?}"
         );
-        // Floats are doubles already.
-        assert!(f.is_valid(&json!({"age": 3, "people": [{"name": "a", "x": 1e300}]})));
+        // A fraction is within the range whenever it is a fraction at all.
+        assert!(f.is_valid(&json!({"age": 3, "people": [{"name": "a", "x": 0.1}]})));
+    }
+
+    #[test]
+    fn a_float_beyond_the_exact_range_is_refused_as_the_integer_it_would_be_stored_as() {
+        // Canonical JSON writes 1e16 as 10000000000000000, which this check refuses: accepting
+        // it as a float would store a form that could never be sent again, or replayed.
+        let f = form();
+        for text in [
+            "1e16",
+            "9007199254740992.0",
+            "99999999999999999999",
+            "1e300",
+            "-1e16",
+        ] {
+            let input: Value = serde_json::from_str(&format!(
+                r#"{{"age": 1, "people": [{{"name": "a", "x": {text}}}]}}"#
+            ))
+            .unwrap();
+            assert!(!f.is_valid(&input), "{text}");
+            let v = f.violations(&input);
+            assert_eq!(v.len(), 1, "{text}: {v:?}");
+            assert_eq!(v[0].path, "/people/0/x", "{text}");
+        }
+        let edge: Value = serde_json::from_str(
+            r#"{"age": 1, "people": [{"name": "a", "x": 9007199254740991.0}]}"#,
+        )
+        .unwrap();
+        assert!(f.is_valid(&edge));
     }
 
     #[test]

@@ -104,6 +104,25 @@ async fn a_whole_number_no_json_reader_holds_exactly_is_refused_and_nothing_is_s
     let app = spawn_app().await;
     let mut input = valid_input("monitoring-review");
     input["safety_scale_now"] = json!(9_007_199_254_740_993u64);
+    // Written as a float, the same kind of number (stored, it would be that integer); in a
+    // field whose schema sets no maximum, so only this check can refuse it.
+    let mut as_float = valid_input("return-home-triage");
+    as_float["hours_missing"] = json!(1e16);
+    let refused = app
+        .submit(
+            "case-1",
+            "return-home-triage",
+            &as_float,
+            Role::Practitioner,
+        )
+        .await;
+    let body = problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/hours_missing"], "{body}");
 
     let response = app
         .submit("case-1", "monitoring-review", &input, Role::Practitioner)
