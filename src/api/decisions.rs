@@ -189,6 +189,7 @@ pub struct SubmitRequest {
     pub tool: String,
     /// The completed form.
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "super::form_json::unique_names")]
     pub input: Value,
 }
 
@@ -289,6 +290,7 @@ pub async fn revisions_list(
 #[serde(deny_unknown_fields)]
 pub struct AmendRequest {
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "super::form_json::unique_names")]
     pub input: Value,
     /// The revision this builds on, if not given as `If-Match`.
     #[serde(default, deserialize_with = "crate::whole::optional")]

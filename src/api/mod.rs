@@ -10,6 +10,7 @@ mod auth;
 mod cases;
 mod decisions;
 mod error;
+mod form_json;
 mod observe;
 mod openapi;
 mod ops;

@@ -124,6 +124,7 @@ pub async fn tool_get(
 pub struct EvaluateRequest {
     /// The completed form, as the tool's schema describes it.
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "super::form_json::unique_names")]
     pub input: Value,
 }
 

@@ -195,6 +195,41 @@ async fn a_form_missing_a_required_field_is_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_form_that_answers_a_question_twice_is_refused_naming_it_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    // Two answers to one question, as a case system with a bug might send them: serde_json
+    // alone would keep the last and decide on it without a word.
+    let input = valid_input(TOOL).to_string();
+    let twice = input.replacen("{", r#"{"severity": "none", "#, 1);
+    let body = format!(r#"{{"tool": "{TOOL}", "input": {twice}}}"#);
+
+    let response = app
+        .request(
+            Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(Role::Practitioner)),
+        )
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"severity\" is given twice"),
+        "{problem}"
+    );
+    // The object that holds the name twice (the message names the name).
+    assert_eq!(error_paths(&problem), ["/input"], "{problem}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_text_longer_than_a_tool_can_read_is_422_naming_the_field() {
     // harm-analysis sets no maxLength on the child's view; the rules can hold 64 KiB of text.
     let app = spawn_app().await;
