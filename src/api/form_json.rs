@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// Deserialises a form (`#[serde(deserialize_with = "unique_names")]`), refusing an object that
@@ -82,12 +83,18 @@ impl<'de> Visitor<'de> for UniqueNames {
         let mut fields = Map::new();
         while let Some(name) = map.next_key::<String>()? {
             let Unique(value) = map.next_value()?;
-            if fields.contains_key(&name) {
-                return Err(de::Error::custom(format!(
-                    "{name:?} is given twice: a form answers each question once"
-                )));
+            match fields.entry(name) {
+                // One lookup a field, as serde_json's own reading makes.
+                Entry::Vacant(place) => {
+                    place.insert(value);
+                }
+                Entry::Occupied(place) => {
+                    return Err(de::Error::custom(format!(
+                        "{:?} is given twice: a form answers each question once",
+                        place.key()
+                    )))
+                }
             }
-            fields.insert(name, value);
         }
         Ok(Value::Object(fields))
     }
