@@ -331,25 +331,14 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::JsonSyntaxError(e) => ApiError::invalid(
-                "",
-                format!("the body is not valid JSON: {}", source_text(&e)),
-            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                // Where the text went wrong, when it is inside a field (a lone surrogate in a
+                // string, say): serde_path_to_error names the field as for a data error.
+                let (path, message) = pointed(source_text(&e));
+                ApiError::invalid(path, format!("the body is not valid JSON: {message}"))
+            }
             JsonRejection::JsonDataError(e) => {
-                let text = source_text(&e);
-                // serde_path_to_error writes "path.to.field: message"; name the field as a
-                // JSON Pointer so every error in the API points the same way.
-                let (parent, message) = match text.split_once(": ") {
-                    Some((path, message)) if !path.contains(' ') => {
-                        let path = if path == "." {
-                            String::new()
-                        } else {
-                            format!("/{}", path.replace('.', "/"))
-                        };
-                        (path, message.to_owned())
-                    }
-                    _ => (String::new(), text),
-                };
+                let (parent, message) = pointed(source_text(&e));
                 // A missing field is reported at its parent; name the field itself.
                 let path = match message
                     .strip_prefix("missing field `")
@@ -369,6 +358,22 @@ impl From<JsonRejection> for ApiError {
             }
             other => ApiError::invalid("", other.body_text()),
         }
+    }
+}
+
+/// serde_path_to_error writes "path.to.field: message"; the field as a JSON Pointer (so every
+/// error in the API points the same way), and the message.
+fn pointed(text: String) -> (String, String) {
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => {
+            let path = if path == "." {
+                String::new()
+            } else {
+                format!("/{}", path.replace('.', "/"))
+            };
+            (path, message.to_owned())
+        }
+        _ => (String::new(), text),
     }
 }
 

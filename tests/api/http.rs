@@ -288,6 +288,36 @@ async fn malformed_json_is_a_400_problem_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn text_that_is_not_json_inside_a_field_is_a_400_naming_the_field() {
+    let app = spawn_app().await;
+    // A lone surrogate: no character at all, so the text is not JSON.
+    let input = valid_input(TOOL).to_string();
+    let broken = input.replacen(r#""child_view":""#, r#""child_view":"\ud800"#, 1);
+    assert_ne!(broken, input, "the form has a child_view to break");
+
+    let response = app
+        .request(
+            Method::POST,
+            "/v1/cases/case-1/decisions",
+            Some(app.token(Role::Practitioner)),
+        )
+        .header(CONTENT_TYPE, "application/json")
+        .body(format!(r#"{{"tool": "{TOOL}", "input": {broken}}}"#))
+        .send()
+        .await
+        .unwrap();
+
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/input/child_view"], "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_json_is_a_415_problem_and_nothing_is_stored() {
     let app = spawn_app().await;
     let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
