@@ -203,17 +203,7 @@ async fn a_form_that_answers_a_question_twice_is_refused_naming_it_and_nothing_i
     let twice = input.replacen("{", r#"{"severity": "none", "#, 1);
     let body = format!(r#"{{"tool": "{TOOL}", "input": {twice}}}"#);
 
-    let response = app
-        .request(
-            Method::POST,
-            "/v1/cases/case-1/decisions",
-            Some(app.token(Role::Practitioner)),
-        )
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = submit_raw(&app, "application/json", body).await;
 
     assert!(response.status().is_client_error(), "{}", response.status());
     let problem: Value = response.json().await.unwrap();
@@ -261,21 +251,47 @@ async fn a_value_outside_the_form_is_422_naming_the_field() {
     assert_form_refused(&app, &input, &["/severity"]).await;
 }
 
+/// Asserts `response` is a 400 invalid-request naming exactly `paths`, and that case-1 holds no
+/// decision.
+async fn assert_request_refused(app: &TestApp, response: reqwest::Response, paths: &[&str]) {
+    let body = problem(
+        response,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), paths, "{body}");
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+/// Submits `body`, as it is, with `content_type`, for case-1 as the practitioner.
+async fn submit_raw(
+    app: &TestApp,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.request(
+        Method::POST,
+        "/v1/cases/case-1/decisions",
+        Some(app.token(Role::Practitioner)),
+    )
+    .header(CONTENT_TYPE, content_type)
+    .body(body)
+    .send()
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn malformed_json_is_a_400_problem_and_nothing_is_stored() {
     let app = spawn_app().await;
 
-    let response = app
-        .request(
-            Method::POST,
-            "/v1/cases/case-1/decisions",
-            Some(app.token(Role::Practitioner)),
-        )
-        .header(CONTENT_TYPE, "application/json")
-        .body(r#"{"tool": "harm-analysis", "input": {"#)
-        .send()
-        .await
-        .unwrap();
+    let response = submit_raw(
+        &app,
+        "application/json",
+        r#"{"tool": "harm-analysis", "input": {"#,
+    )
+    .await;
 
     problem(
         response,
@@ -295,26 +311,14 @@ async fn text_that_is_not_json_inside_a_field_is_a_400_naming_the_field() {
     let broken = input.replacen(r#""child_view":""#, r#""child_view":"\ud800"#, 1);
     assert_ne!(broken, input, "the form has a child_view to break");
 
-    let response = app
-        .request(
-            Method::POST,
-            "/v1/cases/case-1/decisions",
-            Some(app.token(Role::Practitioner)),
-        )
-        .header(CONTENT_TYPE, "application/json")
-        .body(format!(r#"{{"tool": "{TOOL}", "input": {broken}}}"#))
-        .send()
-        .await
-        .unwrap();
-
-    let body = problem(
-        response,
-        StatusCode::BAD_REQUEST,
-        "/problems/invalid-request",
+    let response = submit_raw(
+        &app,
+        "application/json",
+        format!(r#"{{"tool": "{TOOL}", "input": {broken}}}"#),
     )
     .await;
-    assert_eq!(error_paths(&body), ["/input/child_view"], "{body}");
-    assert!(app.case_decisions("case-1").await.is_empty());
+
+    assert_request_refused(&app, response, &["/input/child_view"]).await;
 }
 
 #[tokio::test]
@@ -322,17 +326,7 @@ async fn a_body_that_is_not_json_is_a_415_problem_and_nothing_is_stored() {
     let app = spawn_app().await;
     let body = json!({"tool": TOOL, "input": valid_input(TOOL)});
 
-    let response = app
-        .request(
-            Method::POST,
-            "/v1/cases/case-1/decisions",
-            Some(app.token(Role::Practitioner)),
-        )
-        .header(CONTENT_TYPE, "text/plain")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = submit_raw(&app, "text/plain", body.to_string()).await;
 
     problem(
         response,
@@ -396,14 +390,7 @@ async fn a_submit_body_without_the_tool_is_a_400_naming_it() {
         .post_json("/v1/cases/case-1/decisions", Role::Practitioner, &body)
         .await;
 
-    let body = problem(
-        response,
-        StatusCode::BAD_REQUEST,
-        "/problems/invalid-request",
-    )
-    .await;
-    assert_eq!(error_paths(&body), ["/tool"], "{body}");
-    assert!(app.case_decisions("case-1").await.is_empty());
+    assert_request_refused(&app, response, &["/tool"]).await;
 }
 
 #[tokio::test]
