@@ -1001,7 +1001,7 @@ async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_t
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&out_path).expect("a file"))
         .stderr(std::fs::File::create(&err_path).expect("a file"));
-    let mut child = command.spawn().expect("the binary starts");
+    let mut child = Reaped(command.spawn().expect("the binary starts"));
     let deadline = Instant::now() + START_TIMEOUT;
     while !std::fs::read_to_string(&err_path)
         .unwrap_or_default()
@@ -1010,9 +1010,9 @@ async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_t
         assert!(Instant::now() < deadline, "not serving in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).expect("a pid"));
     nix::sys::signal::kill(pid, Signal::SIGTERM).expect("signalled");
-    assert!(child.wait().expect("it exits").success());
+    assert!(child.0.wait().expect("it exits").success());
 
     let out = std::fs::read_to_string(&out_path).expect("read");
     let err = std::fs::read_to_string(&err_path).expect("read");
@@ -1026,4 +1026,15 @@ async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_t
         !err.contains('\u{1b}'),
         "no colour codes in a log that is not a terminal:\n{err}"
     );
+}
+
+/// A child process that is killed and reaped when the test ends, however it ends: a failed
+/// assertion must not leave a server running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
