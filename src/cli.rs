@@ -172,47 +172,38 @@ impl clap::builder::ValueParserFactory for Role {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command ends here: an error is printed in one place, as one line of causes.
     let result = match cli.command {
-        Command::Check { dir, tool } => {
-            let dir = match dir {
-                Some(dir) => dir,
-                None => match load_config(cli.config) {
-                    Ok(config) => config.tools_dir,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-            };
-            let report = crate::check::run(&dir, tool.as_deref());
-            print!("{report}");
-            return if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            };
-        }
-        Command::Serve => serve(cli.config),
+        Command::Check { dir, tool } => check(cli.config, dir, tool.as_deref()),
+        Command::Serve => serve(cli.config).map(|()| ExitCode::SUCCESS),
         Command::Schema { .. } => {
             let schema = crate::catalog::manifest_schema();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&schema).expect("a schema serialises")
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Replay(args) => replay(cli.config, args),
-        Command::Export { filter, out } => export(cli.config, filter, out),
-        Command::Verify => return verify(cli.config),
-        Command::DemoData { count, seed, tools } => demo_data(cli.config, count, seed, &tools),
+        Command::Replay(args) => replay(cli.config, args).map(|()| ExitCode::SUCCESS),
+        Command::Export { filter, out } => {
+            export(cli.config, filter, out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Verify => verify(cli.config),
+        Command::DemoData { count, seed, tools } => {
+            demo_data(cli.config, count, seed, &tools).map(|()| ExitCode::SUCCESS)
+        }
         Command::Token { command } => match command {
-            TokenCommand::Create { role, subject } => token_create(cli.config, role, &subject),
-            TokenCommand::List => token_list(cli.config),
-            TokenCommand::Revoke { id } => token_revoke(cli.config, &id),
+            TokenCommand::Create { role, subject } => {
+                token_create(cli.config, role, &subject).map(|()| ExitCode::SUCCESS)
+            }
+            TokenCommand::List => token_list(cli.config).map(|()| ExitCode::SUCCESS),
+            TokenCommand::Revoke { id } => {
+                token_revoke(cli.config, &id).map(|()| ExitCode::SUCCESS)
+            }
         },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -489,35 +480,49 @@ fn demo_data(file: Option<PathBuf>, count: u64, seed: u64, tools: &[String]) -> 
     Ok(())
 }
 
-fn verify(file: Option<PathBuf>) -> ExitCode {
-    let run = || -> anyhow::Result<bool> {
-        let config = load_config(file)?;
-        let store = open_existing_store(&config)?;
-        let bar = counter("verifying", Some(store.head()?.seq));
-        let started = std::time::Instant::now();
-        let report = crate::audit::verify::verify(&store, &|n| bar.set_position(n))?;
-        bar.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
-        match &report.first_break {
-            None => println!(
-                "the chain is whole: {} revision(s) verified in {seconds:.2}s ({:.0}/s); head {} {}",
-                report.revisions,
-                report.revisions as f64 / seconds.max(1e-9),
-                report.head.seq,
-                report.head.hash
-            ),
-            Some(b) => println!("the chain is BROKEN at revision {}: {}", b.seq, b.reason),
-        }
-        Ok(report.ok)
+/// Checks the catalog in `dir`, or in the configured tools_dir; fails when any check does.
+fn check(
+    file: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    tool: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => load_config(file)?.tools_dir,
     };
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    let report = crate::check::run(&dir, tool);
+    print!("{report}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Walks the whole chain; fails when it is broken.
+fn verify(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(file)?;
+    let store = open_existing_store(&config)?;
+    let bar = counter("verifying", Some(store.head()?.seq));
+    let started = std::time::Instant::now();
+    let report = crate::audit::verify::verify(&store, &|n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    match &report.first_break {
+        None => println!(
+            "the chain is whole: {} revision(s) verified in {seconds:.2}s ({:.0}/s); head {} {}",
+            report.revisions,
+            report.revisions as f64 / seconds.max(1e-9),
+            report.head.seq,
+            report.head.hash
+        ),
+        Some(b) => println!("the chain is BROKEN at revision {}: {}", b.seq, b.reason),
     }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn init_tracing(format: LogFormat) {

@@ -35,39 +35,6 @@ fn exact(n: &serde_json::Number) -> bool {
     }
 }
 
-/// Whether every number in `value` is [`exact`].
-fn all_exact(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => exact(n),
-        Value::Array(items) => items.iter().all(all_exact),
-        Value::Object(fields) => fields.values().all(all_exact),
-        _ => true,
-    }
-}
-
-/// A violation for every number in `value` (at JSON Pointer `path`) that is not [`exact`].
-fn inexact_numbers(value: &Value, path: &str, out: &mut Vec<Violation>) {
-    match value {
-        Value::Number(n) if !exact(n) => out.push(Violation {
-            path: path.to_owned(),
-            message: format!(
-                "{n} is too large to be stored exactly: numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
-            ),
-        }),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                inexact_numbers(item, &format!("{path}/{i}"), out);
-            }
-        }
-        Value::Object(fields) => {
-            for (name, field) in fields {
-                inexact_numbers(field, &child(path, name), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// One way a submitted form breaks its schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Violation {
@@ -99,22 +66,25 @@ impl Bounds {
     };
 }
 
-/// Whether `value` and everything in it is within `bounds`.
-fn within(value: &Value, bounds: &Bounds) -> bool {
+/// Whether `value` and everything in it can be stored exactly and held by a tool's rules: every
+/// number [`exact`], every text, list and object within `bounds`. One walk, allocating nothing:
+/// the path every valid form takes.
+fn holdable(value: &Value, bounds: &Bounds) -> bool {
     match value {
+        Value::Number(n) => exact(n),
         Value::String(s) => s.len() <= bounds.text_bytes,
         Value::Array(items) => {
-            items.len() <= bounds.items && items.iter().all(|v| within(v, bounds))
+            items.len() <= bounds.items && items.iter().all(|v| holdable(v, bounds))
         }
         Value::Object(fields) => {
-            fields.len() <= bounds.fields && fields.values().all(|v| within(v, bounds))
+            fields.len() <= bounds.fields && fields.values().all(|v| holdable(v, bounds))
         }
         _ => true,
     }
 }
 
-/// A violation for every value in `value` (at JSON Pointer `path`) beyond `bounds`.
-fn beyond(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) {
+/// A violation for every value in `value` (at JSON Pointer `path`) that [`holdable`] refuses.
+fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) {
     let mut say = |message: String| {
         out.push(Violation {
             path: path.to_owned(),
@@ -122,6 +92,9 @@ fn beyond(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) 
         })
     };
     match value {
+        Value::Number(n) if !exact(n) => say(format!(
+            "{n} is too large to be stored exactly: numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
+        )),
         Value::String(s) if s.len() > bounds.text_bytes => say(format!(
             "is {} bytes long; the longest text a tool can read is {} bytes",
             s.len(),
@@ -136,7 +109,7 @@ fn beyond(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) 
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                beyond(item, &format!("{path}/{i}"), bounds, out);
+                unholdable(item, &format!("{path}/{i}"), bounds, out);
             }
         }
         Value::Object(fields) => {
@@ -148,7 +121,7 @@ fn beyond(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) 
                 ));
             }
             for (name, field) in fields {
-                beyond(field, &child(path, name), bounds, out);
+                unholdable(field, &child(path, name), bounds, out);
             }
         }
         _ => {}
@@ -273,20 +246,17 @@ impl Form {
                 }),
             }
         }
-        // The walk that names each inexact number builds a pointer for every node; most forms
-        // have none, so look for one first.
-        if !all_exact(input) {
-            inexact_numbers(input, "", &mut out);
-        }
-        if !within(input, &self.bounds) {
-            beyond(input, "", &self.bounds, &mut out);
+        // The walk that names each value builds a pointer for every node; most forms need
+        // none, so look first.
+        if !holdable(input, &self.bounds) {
+            unholdable(input, "", &self.bounds, &mut out);
         }
         out
     }
 
     /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
     pub fn is_valid(&self, input: &Value) -> bool {
-        self.validator.is_valid(input) && all_exact(input) && within(input, &self.bounds)
+        self.validator.is_valid(input) && holdable(input, &self.bounds)
     }
 }
 
