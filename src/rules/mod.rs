@@ -224,14 +224,15 @@ impl Sandbox {
     /// Compiles `source`, resolving its imports now so the AST carries the exact modules it was
     /// built with, and checks that it defines `decide(form, params)`.
     pub fn compile(&self, source: &str) -> Result<Script, CompileError> {
-        if let Some(import) = imports(source).into_iter().find(|i| !i.literal) {
+        let found = imports(source);
+        if let Some(import) = found.iter().find(|i| !i.literal) {
             return Err(CompileError {
                 message: "an import must name its module as a string literal (`import \"<tool-id>\" as core;`): a version records what its script imports, and an import computed while it runs could load what no version recorded".to_owned(),
                 line: Some(import.line),
                 column: Some(import.column),
             });
         }
-        if let Some(import) = imports(source).into_iter().find(|i| i.top_level) {
+        if let Some(import) = found.iter().find(|i| i.top_level) {
             return Err(CompileError {
                 message: format!(
                     "`import \"{}\"` is at the top level, where it never runs: `decide` is called without re-running the script's top level; put the import inside `fn decide`",
