@@ -305,8 +305,13 @@ impl Decisions {
         case_id: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> DecisionResult<Journey> {
-        let decisions = self.store.case_decisions(case_id)?;
-        Ok(journey(case_id, &decisions, &self.catalog(), now))
+        let standings = self
+            .store
+            .case_decisions(case_id)?
+            .into_iter()
+            .map(|latest| Standing::of(self.store.as_ref(), latest))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(journey(case_id, &standings, &self.catalog(), now))
     }
 
     async fn next(&self, draft: Draft, expected_revision: u32) -> DecisionResult<Revision> {
@@ -478,20 +483,40 @@ pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
     }
 }
 
-/// When a decision is due for review: its latest revision's time plus its tool's
-/// `review_after_days` as served now; overdue once this is at or before now.
-pub(crate) fn review_due(
-    catalog: &Catalog,
-    latest: &Revision,
-) -> Option<chrono::DateTime<chrono::Utc>> {
-    let days = catalog.get(&latest.tool.id)?.meta.review_after_days?;
-    let at = chrono::DateTime::parse_from_rfc3339(&latest.recorded_at).ok()?;
-    Some(at.with_timezone(&chrono::Utc) + chrono::Duration::days(days.into()))
+/// A decision as it stands: its latest revision, and when the assessment behind it was made.
+///
+/// Which decision of a tool is a case's current one, and when it is due for review, follow the
+/// assessment (the latest submitted or amended revision): an override or its approval changes
+/// the level in force, not when the family was last assessed. Approving an override of an old
+/// decision therefore does not put it before a newer assessment, and does not restart the
+/// review clock.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub latest: Revision,
+    /// RFC 3339, as `recorded_at`.
+    pub assessed_at: String,
 }
 
-/// Whether a decision `(recorded_at, id)` replaces another as the latest of its tool in its
-/// case: the later time wins, and a tie goes to the later id (ids are UUIDv7, which sort by
-/// creation), so the answer does not depend on the order decisions are read in.
+impl Standing {
+    pub fn of(store: &dyn Store, latest: Revision) -> Result<Self, StoreError> {
+        Ok(Standing {
+            assessed_at: store.assessed_at(&latest)?,
+            latest,
+        })
+    }
+
+    /// When the decision is due for review: its assessment's time plus its tool's
+    /// `review_after_days` as served now; overdue once this is at or before now.
+    pub(crate) fn review_due(&self, catalog: &Catalog) -> Option<chrono::DateTime<chrono::Utc>> {
+        let days = catalog.get(&self.latest.tool.id)?.meta.review_after_days?;
+        let at = chrono::DateTime::parse_from_rfc3339(&self.assessed_at).ok()?;
+        Some(at.with_timezone(&chrono::Utc) + chrono::Duration::days(days.into()))
+    }
+}
+
+/// Whether a decision `(assessed_at, id)` replaces another as the latest of its tool in its
+/// case: the later assessment wins, and a tie goes to the later id (ids are UUIDv7, which sort
+/// by creation), so the answer does not depend on the order decisions are read in.
 pub(crate) fn supersedes(candidate: (&str, &str), current: (&str, &str)) -> bool {
     candidate >= current
 }
@@ -514,7 +539,11 @@ pub struct JourneyDecision {
     pub decision_id: String,
     pub revision: u32,
     pub level: String,
+    /// When its latest revision was recorded (an override or approval included).
     pub recorded_at: String,
+    /// When the assessment behind it was made (its latest submitted or amended revision): which
+    /// decision of a tool is the latest, and its review date, count from here.
+    pub assessed_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review_due: Option<String>,
 }
@@ -533,27 +562,29 @@ pub struct Due {
 /// decision past its tool's `review_after_days`.
 fn journey(
     case_id: &str,
-    decisions: &[Revision],
+    decisions: &[Standing],
     catalog: &Catalog,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Journey {
     let mut latest: BTreeMap<String, (JourneyDecision, Option<chrono::DateTime<chrono::Utc>>)> =
         BTreeMap::new();
-    for d in decisions {
-        let review_due = review_due(catalog, d);
+    for standing in decisions {
+        let d = &standing.latest;
+        let review_due = standing.review_due(catalog);
+        let newer = latest.get(&d.tool.id).is_none_or(|(e, _)| {
+            supersedes(
+                (&standing.assessed_at, &d.decision_id),
+                (&e.assessed_at, &e.decision_id),
+            )
+        });
         let entry = JourneyDecision {
             decision_id: d.decision_id.clone(),
             revision: d.revision,
             level: d.effective_level().to_owned(),
             recorded_at: d.recorded_at.clone(),
+            assessed_at: standing.assessed_at.clone(),
             review_due: review_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         };
-        let newer = latest.get(&d.tool.id).is_none_or(|(e, _)| {
-            supersedes(
-                (&d.recorded_at, &d.decision_id),
-                (&e.recorded_at, &e.decision_id),
-            )
-        });
         if newer {
             latest.insert(d.tool.id.clone(), (entry, review_due));
         }

@@ -16,6 +16,7 @@ use crate::audit::disparity::{self, Disparity, DisparityRequest};
 use crate::audit::export::{self, Filter};
 use crate::audit::replay::{self, ReplayError, ReplayReport, ReplayRequest};
 use crate::audit::verify::{self, VerifyReport};
+use crate::decisions::Standing;
 use crate::forms::Violation;
 use crate::rules::Limits;
 use crate::store::VersionInfo;
@@ -209,16 +210,17 @@ pub async fn audit_verify(
     Ok(Json(report))
 }
 
-/// The latest revision of every decision (of `tool`), decoded; the first store error stops the
-/// walk and is left in `error` so the caller can refuse a partial answer.
-fn latest_revisions<'a>(
+/// The latest revision of every decision (of `tool`), decoded and read on by `then`; the first
+/// store error stops the walk and is left in `error` so the caller can refuse a partial answer.
+fn latest_revisions<'a, T>(
     store: &'a dyn crate::store::Store,
     tool: Option<&str>,
     error: &'a mut Option<crate::store::StoreError>,
-) -> impl Iterator<Item = crate::store::Revision> + 'a {
+    then: impl Fn(crate::store::Revision) -> crate::store::StoreResult<T> + 'a,
+) -> impl Iterator<Item = T> + 'a {
     store.latest_raw(tool).map_while(move |raw| {
-        match raw.and_then(|bytes| crate::store::decode_revision(&bytes)) {
-            Ok(revision) => Some(revision),
+        match raw.and_then(|bytes| then(crate::store::decode_revision(&bytes)?)) {
+            Ok(read) => Some(read),
             Err(e) => {
                 *error = Some(e);
                 None
@@ -259,7 +261,7 @@ pub async fn audit_disparity(
         let report = disparity::disparity(
             &request,
             &levels,
-            latest_revisions(store, Some(&request.tool), &mut error),
+            latest_revisions(store, Some(&request.tool), &mut error, Ok),
         );
         match error {
             Some(e) => Err(ApiError::Internal(e.to_string())),
@@ -287,9 +289,12 @@ pub async fn dashboard_get(
     let figures = tokio::task::spawn_blocking(move || {
         let mut error = None;
         let catalog = decisions.catalog();
+        let store = decisions.store().as_ref();
         let figures = dashboard::dashboard(
             &catalog,
-            latest_revisions(decisions.store().as_ref(), None, &mut error),
+            latest_revisions(store, None, &mut error, |latest| {
+                Standing::of(store, latest)
+            }),
             chrono::Utc::now(),
         );
         match error {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, review_due};
+use crate::decisions::{case_stage, Standing};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -91,19 +91,21 @@ pub struct OverdueReview {
     pub case: String,
     pub tool: String,
     pub decision_id: String,
-    /// When the review fell due (RFC 3339): the decision's latest revision plus the tool's
-    /// `review_after_days`, as in the case journey's `review_due`.
+    /// When the review fell due (RFC 3339): the decision's assessment (its latest submitted or
+    /// amended revision) plus the tool's `review_after_days`, as in the case journey's
+    /// `review_due`.
     pub due: String,
 }
 
-/// The dashboard over the latest revision of every decision, as at `now`.
+/// The dashboard over every decision as it stands (its latest revision and when it was
+/// assessed), as at `now`.
 ///
 /// Stages and review dates come from the tools as `catalog` serves them now, as in the case
 /// journey; decisions of tools the catalog no longer has still count in the weekly and override
 /// figures but give their case no stage and no review.
 pub fn dashboard(
     catalog: &Catalog,
-    latest_revisions: impl Iterator<Item = Revision>,
+    decisions: impl Iterator<Item = Standing>,
     now: DateTime<Utc>,
 ) -> Dashboard {
     let mut pending: Vec<(u64, PendingOverride)> = Vec::new();
@@ -111,7 +113,12 @@ pub fn dashboard(
     let mut tools: HashMap<String, ToolTally> = HashMap::new();
     let mut cases: HashMap<String, CaseTally> = HashMap::new();
 
-    for revision in latest_revisions {
+    for standing in decisions {
+        let due = standing.review_due(catalog);
+        let Standing {
+            latest: revision,
+            assessed_at,
+        } = standing;
         let level = revision.effective_level().to_owned();
         let overridden = revision.override_.is_some();
         let is_pending = revision
@@ -136,9 +143,9 @@ pub fn dashboard(
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
             case.stage = case.stage.max(stage);
         }
-        if let Some(due) = review_due(catalog, &revision) {
+        if let Some(due) = due {
             let candidate = LatestOfTool {
-                recorded_at: revision.recorded_at.clone(),
+                assessed_at,
                 decision_id: revision.decision_id.clone(),
                 due,
             };
@@ -271,19 +278,19 @@ struct CaseTally {
 
 #[derive(Debug)]
 struct LatestOfTool {
-    recorded_at: String,
+    assessed_at: String,
     decision_id: String,
     due: DateTime<Utc>,
 }
 
 /// Whether `candidate` replaces `current` as the latest decision of its tool in its case: as in
-/// the case journey, the later `recorded_at` wins and a tie goes to the later decision (the
+/// the case journey, the later assessment wins and a tie goes to the later decision (the
 /// greater id: decision ids are UUIDv7, which sort by creation), so the answer does not depend
 /// on the order decisions arrive in.
 fn supersedes(candidate: &LatestOfTool, current: &LatestOfTool) -> bool {
     crate::decisions::supersedes(
-        (&candidate.recorded_at, &candidate.decision_id),
-        (&current.recorded_at, &current.decision_id),
+        (&candidate.assessed_at, &candidate.decision_id),
+        (&current.assessed_at, &current.decision_id),
     )
 }
 
@@ -410,10 +417,10 @@ mod tests {
         }
     }
 
-    /// The latest revision of decision `id` (revision 1) of `tool` for `case`, at the tool's
-    /// `level`, recorded at `at`.
-    fn rev(id: &str, case: &str, tool: &str, level: &str, at: &str) -> Revision {
-        Revision {
+    /// Decision `id` of `tool` for `case` as submitted at `at` (revision 1), at the tool's
+    /// `level`.
+    fn rev(id: &str, case: &str, tool: &str, level: &str, at: &str) -> Standing {
+        let latest = Revision {
             seq: 0,
             decision_id: id.into(),
             revision: 1,
@@ -438,11 +445,17 @@ mod tests {
             recorded_at: at.into(),
             prev_hash: String::new(),
             hash: String::new(),
+        };
+        Standing {
+            latest,
+            assessed_at: at.into(),
         }
     }
 
-    /// `r` as the revision that overrode it to `level` (pending) or approved that override.
-    fn with_override(mut r: Revision, level: &str, status: OverrideStatus, at: &str) -> Revision {
+    /// `d` with the revision that overrode it to `level` (pending) or approved that override,
+    /// recorded at `at`: still assessed when it was.
+    fn with_override(mut d: Standing, level: &str, status: OverrideStatus, at: &str) -> Standing {
+        let r = &mut d.latest;
         r.revision += 1;
         r.kind = match status {
             OverrideStatus::Pending => RevisionKind::Overridden,
@@ -458,15 +471,15 @@ mod tests {
             replaces: None,
         });
         r.recorded_at = at.into();
-        r
+        d
     }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
     }
 
-    fn run(catalog: &Catalog, revisions: Vec<Revision>) -> Dashboard {
-        dashboard(catalog, revisions.into_iter(), now())
+    fn run(catalog: &Catalog, decisions: Vec<Standing>) -> Dashboard {
+        dashboard(catalog, decisions.into_iter(), now())
     }
 
     #[test]
@@ -478,14 +491,14 @@ mod tests {
             OverrideStatus::Pending,
             "2026-11-25T09:00:00.000Z",
         );
-        late.seq = 9;
+        late.latest.seq = 9;
         let mut early = with_override(
             rev("d2", "c2", "door", "medium", "2026-11-18T09:00:00.000Z"),
             "high",
             OverrideStatus::Pending,
             "2026-11-19T09:00:00.000Z",
         );
-        early.seq = 4;
+        early.latest.seq = 4;
         let approved = with_override(
             rev("d3", "c3", "assess", "low", "2026-11-10T09:00:00.000Z"),
             "high",
@@ -680,14 +693,25 @@ mod tests {
             rev("d4", "c3", "check", "low", "2026-11-24T12:00:00.000Z"),
             // Due a second after now: not yet.
             rev("d5", "c4", "check", "low", "2026-11-24T12:00:01.000Z"),
-            // Due 2026-10-31 and the most overdue; an override moves the review clock, as in the
-            // journey, which counts from the latest revision.
+            // Due 2026-10-31.
             rev("d6", "c5", "plan", "low", "2026-09-01T08:00:00.000Z"),
+            // Due 2026-09-30 and the most overdue: an override approved since changes the level
+            // in force, not when the family was assessed, so the review clock runs on.
             with_override(
                 rev("d7", "c6", "plan", "low", "2026-08-01T08:00:00.000Z"),
                 "high",
                 OverrideStatus::Approved,
                 "2026-11-01T08:00:00.000Z",
+            ),
+            // An old decision's override approved after a newer assessment of the same tool
+            // leaves the newer one the latest: d10's review (due 2026-11-19) is overdue, d11's
+            // (due 2026-12-10) is not.
+            rev("d11", "c8", "assess", "low", "2026-11-10T08:00:00.000Z"),
+            with_override(
+                rev("d10", "c8", "assess", "low", "2026-10-20T08:00:00.000Z"),
+                "high",
+                OverrideStatus::Approved,
+                "2026-11-30T08:00:00.000Z",
             ),
             // No review period.
             rev("d8", "c7", "door", "low", "2020-01-01T00:00:00.000Z"),
@@ -709,6 +733,7 @@ mod tests {
         assert_eq!(
             overdue,
             [
+                ("c6", "plan", "d7", "2026-09-30T08:00:00Z"),
                 ("c5", "plan", "d6", "2026-10-31T08:00:00Z"),
                 ("c1", "assess", "d1", "2026-11-01T08:00:00Z"),
                 ("c3", "check", "d4", "2026-12-01T12:00:00Z"),
@@ -785,7 +810,7 @@ mod tests {
         };
         submit("c1", "door").await;
         submit("c1", "assess").await;
-        submit("c2", "assess").await;
+        let older = submit("c2", "assess").await;
         submit("c2", "assess").await;
         submit("c2", "plan").await;
         submit("c3", "check").await;
@@ -796,13 +821,23 @@ mod tests {
             .override_level(&d.decision_id, "medium", "new concerns", 1, pat())
             .await
             .unwrap();
+        // The older of c2's assessments overridden and approved after the newer one was made.
+        service
+            .override_level(&older.decision_id, "high", "new concerns", 1, pat())
+            .await
+            .unwrap();
+        service
+            .approve(&older.decision_id, 2, actor("sue", Role::Supervisor))
+            .await
+            .unwrap();
 
         // A month on: assessments (30 days) and checks (7) are overdue, plans (60) are not.
         let now = Utc::now() + chrono::Duration::days(31);
         let cases = ["c1", "c2", "c3", "c4", "c5"];
-        let latest: Vec<Revision> = cases
+        let latest: Vec<Standing> = cases
             .iter()
             .flat_map(|c| store.case_decisions(c).unwrap())
+            .map(|r| Standing::of(store.as_ref(), r).unwrap())
             .collect();
         let board = dashboard(&service.catalog(), latest.into_iter(), now);
 
@@ -853,6 +888,10 @@ mod tests {
                 ("c3", "check"),
                 ("c5", "assess")
             ]
+        );
+        assert_ne!(
+            overdue[1].2, older.decision_id,
+            "the newer assessment stays c2's latest"
         );
         assert_eq!(board.pending_overrides.len(), 1);
         assert_eq!(board.pending_overrides[0].decision_id, d.decision_id);

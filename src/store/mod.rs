@@ -100,6 +100,12 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// Whether this revision records an assessment (a form evaluated by the tool), rather than
+    /// an override or an approval of one.
+    pub fn is_assessment(&self) -> bool {
+        matches!(self.kind, RevisionKind::Submitted | RevisionKind::Amended)
+    }
+
     /// The level in force: an approved override's, else the tool's. A pending override changes
     /// nothing until it is approved, so while one waits that replaces an approved override, the
     /// approved one is still in force.
@@ -253,6 +259,10 @@ pub trait Store: Send + Sync + 'static {
     fn latest(&self, decision_id: &str) -> StoreResult<Option<Revision>>;
     /// Every revision of a decision, oldest first.
     fn history(&self, decision_id: &str) -> StoreResult<Vec<Revision>>;
+    /// When the assessment behind `revision` was made: the time of the decision's latest
+    /// submitted or amended revision up to `revision` (an override or an approval changes the
+    /// level in force, not the assessment). `revision`'s own time when it is one.
+    fn assessed_at(&self, revision: &Revision) -> StoreResult<String>;
     /// The latest revision of every decision of a case, oldest decision first.
     fn case_decisions(&self, case_id: &str) -> StoreResult<Vec<Revision>>;
     /// A tool version's snapshot, by digest.

@@ -53,8 +53,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{encode_entry, Placement, Prepared, GENESIS_HASH};
 use super::{
-    decode_revision, AppendFuture, Appended, Draft, Head, Precondition, Revision, RevisionKind,
-    Store, StoreError, StoreResult,
+    decode_revision, AppendFuture, Appended, Draft, Head, Precondition, Revision, Store,
+    StoreError, StoreResult,
 };
 use crate::auth::TokenRecord;
 
@@ -259,6 +259,26 @@ impl Store for SledStore {
             .values()
             .map(|seq| self.revision_at(&seq?))
             .collect()
+    }
+
+    fn assessed_at(&self, revision: &Revision) -> StoreResult<String> {
+        if revision.is_assessment() {
+            return Ok(revision.recorded_at.clone());
+        }
+        // Back from `revision` through the decision index (keyed by revision number) to the
+        // nearest assessment; a decision's first revision always is one.
+        let prefix = decision_prefix(&revision.decision_id);
+        let end = [prefix.as_slice(), &revision.revision.to_be_bytes()].concat();
+        for seq in self.db.range(prefix..end).values().rev() {
+            let earlier = self.revision_at(&seq?)?;
+            if earlier.is_assessment() {
+                return Ok(earlier.recorded_at);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "decision {} has no submitted revision before revision {}",
+            revision.decision_id, revision.revision
+        )))
     }
 
     fn case_decisions(&self, case_id: &str) -> StoreResult<Vec<Revision>> {
@@ -856,10 +876,7 @@ impl Writer {
             let w_key = [b"w".as_slice(), &(millis as u64).to_be_bytes(), &seq_bytes].concat();
             batch.insert(w_key, b"".as_slice());
         }
-        if matches!(
-            revision.kind,
-            RevisionKind::Submitted | RevisionKind::Amended
-        ) {
+        if revision.is_assessment() {
             self.count_use(&revision, batch)?;
         }
         let digest = &revision.tool.digest;

@@ -26,6 +26,28 @@ fn due(journey: &Value, why: &str) -> Vec<String> {
         .collect()
 }
 
+/// Overrides `decision` (at revision 1) to a level one step from its own, which every override
+/// policy allows, and has a supervisor approve it; the level and the approval.
+async fn override_approved(app: &TestApp, decision: &Value) -> (String, Value) {
+    let id = decision["id"].as_str().unwrap();
+    let levels = app.levels(TOOL).await;
+    let at = levels.iter().position(|l| *l == decision["level"]).unwrap();
+    let level = levels[if at + 1 < levels.len() {
+        at + 1
+    } else {
+        at - 1
+    }]
+    .clone();
+    app.override_level(id, Role::Practitioner, 1, &level).await;
+    let approved = json_of(
+        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    (level, approved)
+}
+
 #[tokio::test]
 async fn a_case_with_no_decisions_is_at_stage_0_with_the_front_door_due() {
     let app = spawn_app().await;
@@ -102,26 +124,62 @@ async fn the_journey_shows_the_newest_decision_of_each_tool() {
 async fn the_journey_shows_the_level_of_an_approved_override() {
     let app = spawn_app().await;
     let decision = app.decide("case-1", TOOL).await;
-    let id = decision["id"].as_str().unwrap();
-    let levels = app.levels(TOOL).await;
-    let at = levels.iter().position(|l| *l == decision["level"]).unwrap();
-    let level = &levels[if at + 1 < levels.len() {
-        at + 1
-    } else {
-        at - 1
-    }];
-    app.override_level(id, Role::Practitioner, 1, level).await;
-    json_of(
-        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let (level, _) = override_approved(&app, &decision).await;
 
     let journey = journey(&app, "case-1").await;
 
     assert_eq!(journey["latest"][TOOL]["level"], level.as_str());
     assert_eq!(journey["latest"][TOOL]["revision"], 3);
+}
+
+#[tokio::test]
+async fn an_old_decisions_override_approved_later_leaves_the_newer_assessment_the_latest() {
+    let app = spawn_app().await;
+    let older = app.decide("case-1", TOOL).await;
+    let newer = app.decide("case-1", TOOL).await;
+    let (_, approved) = override_approved(&app, &older).await;
+
+    let journey = journey(&app, "case-1").await;
+
+    let latest = &journey["latest"][TOOL];
+    assert_eq!(latest["decision_id"], newer["id"], "{journey}");
+    assert_eq!(latest["assessed_at"], newer["recorded_at"], "{journey}");
+    assert!(
+        approved["recorded_at"].as_str() > newer["recorded_at"].as_str(),
+        "the approval came last: {approved}"
+    );
+}
+
+#[tokio::test]
+async fn an_override_and_its_approval_do_not_restart_the_review_clock() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let before = journey(&app, "case-1").await["latest"][TOOL].clone();
+    // A second on, so a clock restarted by the override would show in `review_due` (seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (level, _) = override_approved(&app, &decision).await;
+
+    let after = journey(&app, "case-1").await["latest"][TOOL].clone();
+
+    assert_eq!(after["revision"], 3);
+    assert_eq!(after["level"], level.as_str());
+    assert_eq!(after["assessed_at"], decision["recorded_at"]);
+    assert_ne!(after["recorded_at"], decision["recorded_at"]);
+    assert!(before["review_due"].is_string(), "{before}");
+    assert_eq!(after["review_due"], before["review_due"]);
+}
+
+#[tokio::test]
+async fn an_amendment_is_a_new_assessment() {
+    let app = spawn_app().await;
+    let decision = app.decide("case-1", TOOL).await;
+    let id = decision["id"].as_str().unwrap();
+    let amended = app.amend(id, Role::Practitioner, 1).await;
+
+    let latest = &journey(&app, "case-1").await["latest"][TOOL];
+
+    assert_eq!(latest["revision"], 2);
+    assert_eq!(latest["assessed_at"], amended["recorded_at"]);
 }
 
 #[tokio::test]
