@@ -6,7 +6,8 @@ use reqwest::{Method, StatusCode};
 use safeguard::auth::Role;
 use serde_json::{json, Value};
 
-use crate::common::{error_paths, problem, spawn_app, valid_input, TestApp, TOOL};
+use crate::common::{error_paths, problem, spawn_app, spawn_app_with, valid_input, TestApp, TOOL};
+use crate::hostile_root;
 
 #[tokio::test]
 async fn health_readiness_metrics_and_the_api_description_need_no_token() {
@@ -172,7 +173,12 @@ async fn an_unknown_tool_is_a_404_problem_and_nothing_is_stored() {
 /// Submits `input` for a new case and asserts it is refused as an invalid form naming exactly
 /// `paths`, with nothing stored.
 async fn assert_form_refused(app: &TestApp, input: &Value, paths: &[&str]) {
-    let response = app.submit("case-1", TOOL, input, Role::Practitioner).await;
+    assert_form_of_refused(app, TOOL, input, paths).await;
+}
+
+/// [`assert_form_refused`] for a form of `tool`.
+async fn assert_form_of_refused(app: &TestApp, tool: &str, input: &Value, paths: &[&str]) {
+    let response = app.submit("case-1", tool, input, Role::Practitioner).await;
 
     let body = problem(
         response,
@@ -221,15 +227,17 @@ async fn a_form_that_answers_a_question_twice_is_refused_naming_it_and_nothing_i
 
 #[tokio::test]
 async fn a_text_longer_than_a_tool_can_read_is_422_naming_the_field() {
-    // harm-analysis sets no maxLength on the child's view; the rules can hold 64 KiB of text.
-    let app = spawn_app().await;
-    let mut input = valid_input(TOOL);
-    input["child_view"] = json!("x".repeat(70_000));
+    // The fixture's notes have no maxLength (every core text field has one, which refuses a
+    // long text first); the rules can hold 64 KiB of text.
+    let app = spawn_app_with(&hostile_root()).await;
+    let mut input = json!({"concerns": 1, "notes": "x".repeat(70_000)});
 
-    assert_form_refused(&app, &input, &["/child_view"]).await;
+    assert_form_of_refused(&app, "well-behaved", &input, &["/notes"]).await;
     // Just within the bound, it decides.
-    input["child_view"] = json!("x".repeat(65_536));
-    let response = app.submit("case-2", TOOL, &input, Role::Practitioner).await;
+    input["notes"] = json!("x".repeat(65_536));
+    let response = app
+        .submit("case-2", "well-behaved", &input, Role::Practitioner)
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
 }
 

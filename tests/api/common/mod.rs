@@ -310,12 +310,15 @@ impl TestApp {
             .collect()
     }
 
-    /// Asserts that the journal holds no revision at all: the next decision stored, in a case
-    /// of its own, is the journal's first. Proves that a refused request wrote nothing anywhere,
-    /// not only nothing under the case it named.
+    /// Asserts that the journal holds no revision at all (`verify` counts none). Proves that a
+    /// refused request wrote nothing anywhere, not only nothing under the case it named.
     pub async fn assert_journal_empty(&self) {
-        let probe = self.decide("journal-probe", TOOL).await;
-        assert_eq!(probe["seq"], 1, "the journal already held a revision");
+        let report = json_of(
+            self.get("/v1/audit/verify", Role::Auditor).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(report["revisions"], 0, "the journal holds a revision: {report}");
     }
 }
 
