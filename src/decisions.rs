@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::auth::Role;
 use crate::catalog::{digest, Catalog, Direction, Stage, Tool, ToolMeta};
 use crate::rules::EvalError;
 use crate::store::{
-    Actor, Appended, Draft, IdempotencyKey, Override, OverrideStatus, Precondition, Revision,
-    RevisionKind, Store, StoreError, ToolRef,
+    Actor, Appended, Declined, Draft, IdempotencyKey, Override, OverrideStatus, Precondition,
+    Revision, RevisionKind, Store, StoreError, ToolRef,
 };
 
 /// Why a decision operation was refused.
@@ -36,6 +37,8 @@ pub enum DecisionError {
     NoPendingOverride(String),
     #[error("an override must be approved by someone other than the person who made it")]
     FourEyes,
+    #[error("only a supervisor, or the practitioner who asked for it, may decline an override")]
+    NotTheAuthor,
     #[error(
         "decision {decision_id} is at revision {current}, not {expected}: reload it and try again"
     )]
@@ -226,6 +229,7 @@ impl Decisions {
                 by: actor.clone(),
                 status: OverrideStatus::Pending,
                 approved_by: None,
+                declined: None,
                 replaces,
             }),
             kind: RevisionKind::Overridden,
@@ -242,13 +246,7 @@ impl Decisions {
         actor: Actor,
     ) -> DecisionResult<Revision> {
         let latest = self.current(decision_id, expected_revision)?;
-        let Some(pending) = latest
-            .override_
-            .clone()
-            .filter(|o| o.status == OverrideStatus::Pending)
-        else {
-            return Err(DecisionError::NoPendingOverride(decision_id.to_owned()));
-        };
+        let pending = pending_override(&latest)?;
         if pending.by.subject == actor.subject {
             return Err(DecisionError::FourEyes);
         }
@@ -260,6 +258,43 @@ impl Decisions {
                 ..pending
             }),
             kind: RevisionKind::Approved,
+            ..carry_over(latest)
+        };
+        self.next(Draft { actor, ..draft }, expected_revision).await
+    }
+
+    /// Declines the pending override, with a reason: a supervisor's refusal, or its author
+    /// withdrawing it. The level in force stays what it was (the tool's, or an override approved
+    /// before), and the override is kept on record as declined. Declining changes no level, so
+    /// no second person is needed.
+    pub async fn decline(
+        &self,
+        decision_id: &str,
+        reason: &str,
+        expected_revision: u32,
+        actor: Actor,
+    ) -> DecisionResult<Revision> {
+        let latest = self.current(decision_id, expected_revision)?;
+        let pending = pending_override(&latest)?;
+        if actor.role != Role::Supervisor && pending.by.subject != actor.subject {
+            return Err(DecisionError::NotTheAuthor);
+        }
+        if reason.trim().is_empty() {
+            return Err(DecisionError::InvalidOverride {
+                field: "/reason",
+                message: "declining an override needs a reason".into(),
+            });
+        }
+        let draft = Draft {
+            override_: Some(Override {
+                status: OverrideStatus::Declined,
+                declined: Some(Declined {
+                    by: actor.clone(),
+                    reason: reason.trim().to_owned(),
+                }),
+                ..pending
+            }),
+            kind: RevisionKind::Declined,
             ..carry_over(latest)
         };
         self.next(Draft { actor, ..draft }, expected_revision).await
@@ -404,6 +439,15 @@ fn carry_over(latest: Revision) -> Draft {
         // The version is already stored: its first decision stored it.
         snapshot: Arc::new(Value::Null),
     }
+}
+
+/// The override of `latest` that waits for a supervisor, for an approval or a refusal.
+fn pending_override(latest: &Revision) -> DecisionResult<Override> {
+    latest
+        .override_
+        .clone()
+        .filter(|o| o.status == OverrideStatus::Pending)
+        .ok_or_else(|| DecisionError::NoPendingOverride(latest.decision_id.clone()))
 }
 
 /// The override policy of `x-tool.override`, checked against the tool's own level.

@@ -431,3 +431,53 @@ pub async fn decision_approve(
         .await?;
     Ok(decision_response(StatusCode::CREATED, revision))
 }
+
+/// A supervisor's refusal of an override, or its author withdrawing it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeclineRequest {
+    /// Why the override is declined (or withdrawn): required, and kept with the decision for
+    /// ever.
+    pub reason: String,
+    /// The revision this builds on, if not given as `If-Match`.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    pub expected_revision: Option<u32>,
+}
+
+/// Decline the pending override, with a reason: a supervisor refusing it, or the practitioner
+/// who asked for it withdrawing it. The level in force does not change (the tool's, or an
+/// override approved before); the override stays on record as declined, and a new one may be
+/// asked for.
+#[utoipa::path(post, path = "/v1/decisions/{id}/decline", tag = "decisions", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The decision id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag of the revision this builds on"),
+    ),
+    request_body = DeclineRequest,
+    responses(
+        (status = 201, description = "The new revision, durable", body = DecisionView),
+        (status = 400, description = "Malformed request", body = super::Problem, content_type = "application/problem+json"),
+        super::TokenProblems,
+        (status = 403, description = "Wrong role, or a practitioner declining someone else's override", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such decision", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No pending override, or the decision has moved on", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason", body = super::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "No revision given", body = super::Problem, content_type = "application/problem+json"),
+        super::BodyProblems,
+        super::WriteProblems,
+))]
+pub async fn decision_decline(
+    caller: Authorized<Writers>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<DeclineRequest>,
+) -> Result<Response, ApiError> {
+    check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
+    let expected = expected_revision(&headers, request.expected_revision)?;
+    let revision = state
+        .decisions
+        .decline(&id, &request.reason, expected, caller.actor())
+        .await?;
+    Ok(decision_response(StatusCode::CREATED, revision))
+}

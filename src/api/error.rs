@@ -25,6 +25,8 @@ pub enum ApiError {
     Forbidden(&'static [Role]),
     #[error("an override must be approved by someone other than the person who made it")]
     FourEyes,
+    #[error("only a supervisor, or the practitioner who asked for it, may decline an override")]
+    NotTheAuthor,
     #[error("the form is invalid")]
     InvalidForm(Vec<Violation>),
     #[error("{message}")]
@@ -161,6 +163,7 @@ impl ApiError {
                 "Approval needs a second person",
                 StatusCode::FORBIDDEN,
             ),
+            NotTheAuthor => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
             InvalidForm(_) => (
                 "invalid-form",
                 "The form is invalid",
@@ -399,6 +402,7 @@ impl From<DecisionError> for ApiError {
             },
             e @ DecisionError::NoPendingOverride(_) => ApiError::NoPendingOverride(e.to_string()),
             DecisionError::FourEyes => ApiError::FourEyes,
+            DecisionError::NotTheAuthor => ApiError::NotTheAuthor,
             e @ DecisionError::Conflict { .. } => ApiError::Conflict(e.to_string()),
             DecisionError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
             DecisionError::Store(e) => e.into(),

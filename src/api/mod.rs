@@ -223,6 +223,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(decisions::decision_override))
         .routes(routes!(decisions::decision_approve))
+        .routes(routes!(decisions::decision_decline))
         .routes(routes!(admin::catalog_reload))
         .routes(routes!(admin::tokens_list, admin::token_create))
         .routes(routes!(admin::token_revoke))

@@ -68,7 +68,7 @@ pub struct WeekCount {
     /// The level in force: an approved override's, else the tool's.
     pub level: String,
     pub decisions: u64,
-    /// Of those, decisions carrying an override, pending or approved.
+    /// Of those, decisions carrying an override asked for: pending, approved or declined.
     pub overridden: u64,
 }
 
@@ -77,10 +77,13 @@ pub struct WeekCount {
 pub struct ToolRate {
     pub tool: String,
     pub decisions: u64,
-    /// Decisions whose latest revision carries an override, pending or approved.
+    /// Decisions whose latest revision carries an override asked for: pending, approved or
+    /// declined (a declined override was still a practitioner's judgement against the tool's).
     pub overridden: u64,
-    /// Of those, overrides still waiting for approval.
+    /// Of those, overrides still waiting for a supervisor.
     pub pending: u64,
+    /// Of those, overrides a supervisor declined.
+    pub declined: u64,
     /// `overridden / decisions`.
     pub rate: f64,
 }
@@ -121,10 +124,8 @@ pub fn dashboard(
         } = standing;
         let level = revision.effective_level().to_owned();
         let overridden = revision.override_.is_some();
-        let is_pending = revision
-            .override_
-            .as_ref()
-            .is_some_and(|o| o.status == OverrideStatus::Pending);
+        let status = revision.override_.as_ref().map(|o| o.status);
+        let is_pending = status == Some(OverrideStatus::Pending);
 
         if let Some(first) = first_recorded(&revision) {
             let counts = weekly
@@ -138,6 +139,7 @@ pub fn dashboard(
         tally.decisions += 1;
         tally.overridden += u64::from(overridden);
         tally.pending += u64::from(is_pending);
+        tally.declined += u64::from(status == Some(OverrideStatus::Declined));
 
         let case = entry(&mut cases, &revision.case_id);
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
@@ -209,6 +211,7 @@ pub fn dashboard(
             decisions: t.decisions,
             overridden: t.overridden,
             pending: t.pending,
+            declined: t.declined,
             rate: if t.decisions == 0 {
                 0.0
             } else {
@@ -266,6 +269,7 @@ struct ToolTally {
     decisions: u64,
     overridden: u64,
     pending: u64,
+    declined: u64,
 }
 
 /// What the dashboard keeps per case: its journey stage, and the latest decision of each tool
@@ -348,7 +352,7 @@ mod tests {
     use super::*;
     use crate::auth::Role;
     use crate::rules::Outcome;
-    use crate::store::{Override, RevisionKind, ToolRef};
+    use crate::store::{Declined, Override, RevisionKind, ToolRef};
 
     /// `(id, stage, review_after_days)` of the test catalog; every tool has levels low, medium,
     /// high and decides the form's `level` (low when absent).
@@ -460,6 +464,7 @@ mod tests {
         r.kind = match status {
             OverrideStatus::Pending => RevisionKind::Overridden,
             OverrideStatus::Approved => RevisionKind::Approved,
+            OverrideStatus::Declined => RevisionKind::Declined,
         };
         r.override_ = Some(Override {
             level: level.into(),
@@ -468,6 +473,10 @@ mod tests {
             status,
             approved_by: (status == OverrideStatus::Approved)
                 .then(|| actor("sue", Role::Supervisor)),
+            declined: (status == OverrideStatus::Declined).then(|| Declined {
+                by: actor("sue", Role::Supervisor),
+                reason: "not borne out".into(),
+            }),
             replaces: None,
         });
         r.recorded_at = at.into();
@@ -596,12 +605,17 @@ mod tests {
     }
 
     #[test]
-    fn override_rates_count_pending_and_approved_overrides() {
+    fn override_rates_count_pending_approved_and_declined_overrides() {
         let (_dir, catalog) = catalog();
         let at = "2026-11-20T09:00:00.000Z";
         let revisions = vec![
             rev("d1", "c1", "assess", "low", at),
-            rev("d2", "c1", "assess", "low", at),
+            with_override(
+                rev("d2", "c1", "assess", "low", at),
+                "high",
+                OverrideStatus::Declined,
+                at,
+            ),
             with_override(
                 rev("d3", "c2", "assess", "low", at),
                 "medium",
@@ -619,7 +633,7 @@ mod tests {
             rev("d6", "c3", "retired", "low", at),
         ];
         let d = run(&catalog, revisions);
-        let rates: Vec<(&str, u64, u64, u64, f64)> = d
+        let rates: Vec<(&str, u64, u64, u64, u64, f64)> = d
             .override_rate_by_tool
             .iter()
             .map(|t| {
@@ -628,6 +642,7 @@ mod tests {
                     t.decisions,
                     t.overridden,
                     t.pending,
+                    t.declined,
                     t.rate,
                 )
             })
@@ -635,11 +650,21 @@ mod tests {
         assert_eq!(
             rates,
             [
-                ("assess", 4, 2, 1, 0.5),
-                ("door", 1, 0, 0, 0.0),
-                ("retired", 1, 0, 0, 0.0),
+                ("assess", 4, 3, 1, 1, 0.75),
+                ("door", 1, 0, 0, 0, 0.0),
+                ("retired", 1, 0, 0, 0, 0.0),
             ]
         );
+        // Declined: not waiting, and the tool's level stays in force.
+        assert_eq!(d.pending_overrides.len(), 1);
+        assert_eq!(d.pending_overrides[0].decision_id, "d3");
+        let low_assessments: u64 = d
+            .weekly
+            .iter()
+            .filter(|w| w.tool == "assess" && w.level == "low")
+            .map(|w| w.decisions)
+            .sum();
+        assert_eq!(low_assessments, 3, "{:?}", d.weekly);
     }
 
     #[test]

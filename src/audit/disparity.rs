@@ -141,8 +141,8 @@ pub struct GroupStats {
     /// [`Disparity::levels`], in the same order. The level counted is the effective one: an
     /// approved override's level, else the tool's.
     pub levels: Vec<LevelStat>,
-    /// The share of the group's decisions whose latest revision carries an override, pending or
-    /// approved.
+    /// The share of the group's decisions whose latest revision carries an override asked for:
+    /// pending, approved or declined.
     pub override_rate: Rate,
 }
 
@@ -204,8 +204,8 @@ pub fn wilson(count: u64, n: u64, z: f64) -> (f64, f64) {
 /// revision. The range is `[from, to)`; a bound that is not RFC 3339 matches nothing (see
 /// [`DisparityRequest::validate`]). A decision counts at its effective level
 /// ([`Revision::effective_level`]), and counts as overridden if its latest revision carries any
-/// override, pending or approved: a pending override is already a practitioner's judgement
-/// that the tool's level was wrong for this child.
+/// override, pending, approved or declined: an override asked for is already a practitioner's
+/// judgement that the tool's level was wrong for this child, whatever became of it.
 pub fn disparity(
     request: &DisparityRequest,
     levels: &[String],
@@ -461,6 +461,7 @@ mod tests {
         r.kind = match status {
             OverrideStatus::Pending => RevisionKind::Overridden,
             OverrideStatus::Approved => RevisionKind::Approved,
+            OverrideStatus::Declined => RevisionKind::Declined,
         };
         r.override_ = Some(Override {
             level: level.into(),
@@ -468,6 +469,7 @@ mod tests {
             by: actor("pat"),
             status,
             approved_by: None,
+            declined: None,
             replaces: None,
         });
         r

@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use crate::auth::Role;
     use crate::rules::Reason;
-    use crate::store::{OverrideStatus, ToolRef};
+    use crate::store::{Declined, OverrideStatus, ToolRef};
     use serde_json::json;
 
     fn draft(override_: Option<Override>) -> Draft {
@@ -319,6 +319,7 @@ mod tests {
                 },
                 status: OverrideStatus::Approved,
                 approved_by: None,
+                declined: None,
                 replaces: None,
             }),
             Some(Override {
@@ -328,8 +329,15 @@ mod tests {
                     subject: "p".into(),
                     role: Role::Practitioner,
                 },
-                status: OverrideStatus::Pending,
+                status: OverrideStatus::Declined,
                 approved_by: None,
+                declined: Some(Declined {
+                    by: Actor {
+                        subject: "s".into(),
+                        role: Role::Supervisor,
+                    },
+                    reason: "not borne out".into(),
+                }),
                 replaces: Some(Box::new(Override {
                     level: "high".into(),
                     reason: "r".into(),
@@ -339,6 +347,7 @@ mod tests {
                     },
                     status: OverrideStatus::Approved,
                     approved_by: None,
+                    declined: None,
                     replaces: None,
                 })),
             }),

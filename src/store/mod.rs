@@ -45,6 +45,8 @@ pub enum RevisionKind {
     Amended,
     Overridden,
     Approved,
+    /// A supervisor declined the pending override.
+    Declined,
 }
 
 /// An override's place in the four-eyes process.
@@ -53,9 +55,19 @@ pub enum RevisionKind {
 pub enum OverrideStatus {
     Pending,
     Approved,
+    /// Declined by a supervisor, with a reason: it never took effect.
+    Declined,
 }
 
-/// A practitioner's override of the tool's level, with the reason, and its approval.
+/// Who declined an override, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Declined {
+    pub by: Actor,
+    pub reason: String,
+}
+
+/// A practitioner's override of the tool's level, with the reason, and its approval (or a
+/// supervisor's refusal of it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Override {
     pub level: String,
@@ -64,9 +76,12 @@ pub struct Override {
     pub status: OverrideStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<Actor>,
-    /// While this override waits for approval: the approved override it would replace, which
-    /// stays in force until then (one person alone cannot undo what two agreed). Cleared when
-    /// this one is approved.
+    /// Set when a supervisor declined this override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declined: Option<Declined>,
+    /// While this override waits for approval (or once it is declined): the approved override
+    /// it would have replaced, which stays in force (one person alone cannot undo what two
+    /// agreed). Cleared when this one is approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(no_recursion)]
     pub replaces: Option<Box<Override>>,
@@ -107,8 +122,9 @@ impl Revision {
     }
 
     /// The level in force: an approved override's, else the tool's. A pending override changes
-    /// nothing until it is approved, so while one waits that replaces an approved override, the
-    /// approved one is still in force.
+    /// nothing until it is approved, and a declined one nothing at all, so while one waits (or
+    /// once it is declined) that would replace an approved override, the approved one is still
+    /// in force.
     pub fn effective_level(&self) -> &str {
         self.override_in_force()
             .map_or(&self.outcome.level, |o| &o.level)

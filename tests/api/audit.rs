@@ -424,16 +424,9 @@ async fn some_history(app: &TestApp) {
     let first = app.decide("case-a", TOOL).await;
     app.decide("case-b", "threshold").await;
     let overridden = override_decision(app, &first).await;
-    json_of(
-        app.change(
-            first["id"].as_str().unwrap(),
-            "approve",
-            Role::Supervisor,
-            overridden["revision"].as_u64().unwrap() as u32,
-            &json!({}),
-        )
-        .await,
-        StatusCode::CREATED,
+    app.approve(
+        first["id"].as_str().unwrap(),
+        overridden["revision"].as_u64().unwrap() as u32,
     )
     .await;
     app.decide("case-b", TOOL).await;
@@ -976,26 +969,15 @@ async fn the_dashboard_gives_the_override_rate_of_each_tool() {
     app.decide("case-1", "threshold").await;
     override_decision(&app, &harm[0]).await;
     override_decision(&app, &harm[1]).await;
-    json_of(
-        app.change(
-            harm[1]["id"].as_str().unwrap(),
-            "approve",
-            Role::Supervisor,
-            2,
-            &json!({}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.approve(harm[1]["id"].as_str().unwrap(), 2).await;
 
     let figures = dashboard(&app).await;
 
     assert_eq!(
         figures["override_rate_by_tool"],
         json!([
-            {"tool": TOOL, "decisions": 4, "overridden": 2, "pending": 1, "rate": 0.5},
-            {"tool": "threshold", "decisions": 1, "overridden": 0, "pending": 0, "rate": 0.0}
+            {"tool": TOOL, "decisions": 4, "overridden": 2, "pending": 1, "declined": 0, "rate": 0.5},
+            {"tool": "threshold", "decisions": 1, "overridden": 0, "pending": 0, "declined": 0, "rate": 0.0}
         ]),
         "{figures:#}"
     );

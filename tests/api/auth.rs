@@ -116,6 +116,13 @@ async fn routes(app: &TestApp) -> Vec<Route> {
         ),
         route(
             Method::POST,
+            format!("/v1/decisions/{id}/decline"),
+            Some(json!({"reason": "not borne out"})),
+            WRITERS,
+            StatusCode::PRECONDITION_REQUIRED,
+        ),
+        route(
+            Method::POST,
             "/v1/admin/reload".into(),
             None,
             ADMINS,

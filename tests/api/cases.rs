@@ -39,12 +39,7 @@ async fn override_approved(app: &TestApp, decision: &Value) -> (String, Value) {
     }]
     .clone();
     app.override_level(id, Role::Practitioner, 1, &level).await;
-    let approved = json_of(
-        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let approved = app.approve(id, 2).await;
     (level, approved)
 }
 

@@ -756,12 +756,7 @@ async fn an_approved_override_stays_in_force_until_a_new_override_is_approved() 
     let id = pending["id"].as_str().unwrap();
     let tool_level = pending["tool_level"].clone();
     let agreed = pending["override"]["level"].clone();
-    json_of(
-        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.approve(id, 2).await;
 
     // One practitioner alone asks to go back to the tool's level (withdrawing the override)...
     let withdrawal =
@@ -792,12 +787,7 @@ async fn an_approved_override_stays_in_force_until_a_new_override_is_approved() 
     )
     .await;
 
-    let approved = json_of(
-        app.change(id, "approve", Role::Supervisor, 4, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let approved = app.approve(id, 4).await;
     assert_eq!(approved["level"], tool_level, "{approved}");
     assert!(approved["override"].get("replaces").is_none(), "{approved}");
 }
@@ -826,12 +816,7 @@ async fn approving_an_override_twice_is_409() {
     let app = spawn_app().await;
     let pending = pending_override(&app, "case-1", Role::Practitioner).await;
     let id = pending["id"].as_str().unwrap();
-    json_of(
-        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.approve(id, 2).await;
 
     let response = app
         .post_json_as(
@@ -866,6 +851,155 @@ async fn a_practitioner_cannot_approve_an_override() {
 }
 
 #[tokio::test]
+async fn a_supervisor_declines_an_override_with_a_reason_and_the_tools_level_stays() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    let reason = json!({"reason": "the visit notes do not bear this out"});
+
+    let declined = json_of(
+        app.change(id, "decline", Role::Supervisor, 2, &reason)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    assert_eq!(declined["revision"], 3);
+    assert_eq!(declined["kind"], "declined");
+    assert_eq!(declined["level"], pending["tool_level"], "{declined}");
+    let o = &declined["override"];
+    assert_eq!(o["status"], "declined");
+    assert_eq!(o["level"], pending["override"]["level"]);
+    assert_eq!(o["reason"], pending["override"]["reason"]);
+    assert_eq!(o["declined"]["reason"], reason["reason"]);
+    assert_eq!(o["declined"]["by"]["role"], "supervisor");
+    // Nothing waits any more: approving it now finds nothing to approve.
+    problem(
+        app.change(id, "approve", Role::Supervisor, 3, &json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "/problems/no-pending-override",
+    )
+    .await;
+    let board = json_of(
+        app.get("/v1/dashboard", Role::Supervisor).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(board["pending_overrides"], json!([]), "{board}");
+    // A new override may be asked for again.
+    let again = json!({"level": pending["override"]["level"], "reason": "a second visit"});
+    json_of(
+        app.change(id, "override", Role::Practitioner, 3, &again)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn declining_needs_a_reason_and_a_pending_override() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let body = problem(
+        app.change(id, "decline", Role::Supervisor, 2, &json!({"reason": "  "}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-override",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/reason"], "{body}");
+    let decision = app.decide("case-2", TOOL).await;
+    problem(
+        app.change(
+            decision["id"].as_str().unwrap(),
+            "decline",
+            Role::Supervisor,
+            1,
+            &json!({"reason": "nothing to decline"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "/problems/no-pending-override",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 2, "nothing is written");
+}
+
+#[tokio::test]
+async fn a_practitioner_may_withdraw_their_own_override_but_not_decline_anothers() {
+    let app = spawn_app().await;
+    let theirs = pending_override(&app, "case-1", Role::Supervisor).await;
+    let id = theirs["id"].as_str().unwrap();
+    let reason = json!({"reason": "I disagree"});
+
+    problem(
+        app.change(id, "decline", Role::Practitioner, 2, &reason)
+            .await,
+        StatusCode::FORBIDDEN,
+        "/problems/forbidden",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 2, "nothing is written");
+
+    let own = pending_override(&app, "case-2", Role::Practitioner).await;
+    let withdrawn = json_of(
+        app.change(
+            own["id"].as_str().unwrap(),
+            "decline",
+            Role::Practitioner,
+            2,
+            &json!({"reason": "asked for on the wrong decision"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(withdrawn["override"]["status"], "declined");
+    assert_eq!(
+        withdrawn["override"]["declined"]["by"]["role"],
+        "practitioner"
+    );
+}
+
+#[tokio::test]
+async fn declining_an_override_that_would_replace_an_approved_one_leaves_that_in_force() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    let agreed = pending["override"]["level"].clone();
+    app.approve(id, 2).await;
+    let withdrawal = json!({"level": pending["tool_level"], "reason": "the risk has gone"});
+    json_of(
+        app.change(id, "override", Role::Practitioner, 3, &withdrawal)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let declined = json_of(
+        app.change(
+            id,
+            "decline",
+            Role::Supervisor,
+            4,
+            &json!({"reason": "too soon"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    assert_eq!(declined["level"], agreed, "{declined}");
+    assert_eq!(
+        declined["override"]["replaces"]["level"], agreed,
+        "{declined}"
+    );
+}
+
+#[tokio::test]
 async fn amending_drops_an_override_made_on_the_old_input() {
     let app = spawn_app().await;
     let pending = pending_override(&app, "case-1", Role::Practitioner).await;
@@ -890,12 +1024,7 @@ async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it()
     let app = spawn_app().await;
     let pending = pending_override(&app, "case-1", Role::Practitioner).await;
     let id = pending["id"].as_str().unwrap();
-    json_of(
-        app.change(id, "approve", Role::Supervisor, 2, &json!({}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.approve(id, 2).await;
     app.amend(id, Role::Supervisor, 3).await;
     json_of(
         app.post_json_as(

@@ -143,8 +143,8 @@ async fn every_operation_describes_the_problems_of_its_token_and_body() {
             }
         }
     }
-    // Evaluate, submit, amend, override, approve, replay, disparity, new token.
-    assert_eq!(bodies, 8, "operations that read a body");
+    // Evaluate, submit, amend, override, approve, decline, replay, disparity, new token.
+    assert_eq!(bodies, 9, "operations that read a body");
 }
 
 #[tokio::test]

@@ -282,6 +282,14 @@ impl TestApp {
         json_of(response, StatusCode::CREATED).await
     }
 
+    /// Approves the pending override of decision `id` (at `revision`) as the supervisor.
+    pub async fn approve(&self, id: &str, revision: u32) -> Value {
+        let response = self
+            .change(id, "approve", Role::Supervisor, revision, &json!({}))
+            .await;
+        json_of(response, StatusCode::CREATED).await
+    }
+
     /// The latest revision of every decision of `case`.
     pub async fn case_decisions(&self, case: &str) -> Vec<Value> {
         let response = self
@@ -318,7 +326,10 @@ impl TestApp {
             StatusCode::OK,
         )
         .await;
-        assert_eq!(report["revisions"], 0, "the journal holds a revision: {report}");
+        assert_eq!(
+            report["revisions"], 0,
+            "the journal holds a revision: {report}"
+        );
     }
 }
 
