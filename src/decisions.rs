@@ -176,8 +176,11 @@ impl Decisions {
         Ok(appended)
     }
 
-    /// Re-evaluates a decision with new input, using the tool version served now. An override of
-    /// the old result does not carry over: it was a judgement about a different outcome.
+    /// Re-evaluates a decision with new input, using the tool version served now. A new
+    /// assessment stands alone, with one exception: an approved override in force stays in force
+    /// while it holds the level above the new assessment's ([`carried_override`]), so an
+    /// amendment by one person never lowers a level two people agreed. A pending override is
+    /// dropped: it was asked for against a different outcome.
     pub async fn amend(
         &self,
         decision_id: &str,
@@ -188,6 +191,7 @@ impl Decisions {
         let latest = self.current(decision_id, expected_revision)?;
         let tool = self.tool(&latest.tool.id)?;
         let outcome = tool.evaluate(&input)?;
+        let override_ = carried_override(&tool.meta, &latest, &outcome.level);
         let draft = Draft {
             decision_id: latest.decision_id,
             kind: RevisionKind::Amended,
@@ -196,7 +200,7 @@ impl Decisions {
             snapshot: tool.snapshot(),
             input,
             outcome,
-            override_: None,
+            override_,
             actor,
         };
         self.next(draft, expected_revision).await
@@ -439,6 +443,19 @@ fn carry_over(latest: Revision) -> Draft {
         // The version is already stored: its first decision stored it.
         snapshot: Arc::new(Value::Null),
     }
+}
+
+/// The override an amendment of `latest` keeps: the approved override in force, when the
+/// amended assessment's level `assessed` is less serious than it (lowering the level needs a
+/// second person, as any change of level does). When the new assessment is at least as serious
+/// it stands alone; an override at a level the tool no longer declares is dropped.
+fn carried_override(meta: &ToolMeta, latest: &Revision, assessed: &str) -> Option<Override> {
+    let approved = latest.override_in_force()?;
+    let rank = |level: &str| meta.outcomes.iter().position(|o| o.level == level);
+    (rank(&approved.level)? > rank(assessed)?).then(|| Override {
+        replaces: None,
+        ..approved.clone()
+    })
 }
 
 /// The override of `latest` that waits for a supervisor, for an approval or a refusal.

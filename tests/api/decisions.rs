@@ -7,8 +7,8 @@ use safeguard::auth::Role;
 use serde_json::{json, Value};
 
 use crate::common::{
-    case_not_at, catalog_copy, error_paths, json_of, problem, spawn_app, spawn_app_with, subject,
-    valid_case, valid_input, TestApp, SECOND_SUPERVISOR, TOOL,
+    case_not_at, catalog_copy, error_paths, input_at, json_of, problem, spawn_app, spawn_app_with,
+    subject, valid_case, valid_input, TestApp, SECOND_SUPERVISOR, TOOL,
 };
 
 /// What the tool is expected to decide for [`valid_input`].
@@ -1020,6 +1020,60 @@ async fn amending_drops_an_override_made_on_the_old_input() {
 }
 
 #[tokio::test]
+async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
+    let app = spawn_app().await;
+    let low = input_at(TOOL, "low");
+    let decision = json_of(
+        app.submit("case-1", TOOL, &low, Role::Practitioner).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = decision["id"].as_str().unwrap();
+    app.change(
+        id,
+        "override",
+        Role::Practitioner,
+        1,
+        &json!({"level": "medium", "reason": "the school's account worries us"}),
+    )
+    .await;
+    app.approve(id, 2).await;
+
+    // The same form again (one answer reworded, say): the tool still says low, and the level
+    // two people agreed stays in force, with their override.
+    let amended = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            3,
+            &json!({"input": low}),
+        )
+        .await;
+    let amended = json_of(amended, StatusCode::CREATED).await;
+    assert_eq!(amended["kind"], "amended");
+    assert_eq!(amended["tool_level"], "low");
+    assert_eq!(amended["level"], "medium", "{amended}");
+    assert_eq!(amended["override"]["status"], "approved", "{amended}");
+
+    // A form the tool places above the agreed level stands alone: more serious needs no one's
+    // approval.
+    let high = input_at(TOOL, "high");
+    let raised = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            4,
+            &json!({"input": high}),
+        )
+        .await;
+    let raised = json_of(raised, StatusCode::CREATED).await;
+    assert_eq!(raised["level"], "high", "{raised}");
+    assert!(raised.get("override").is_none(), "{raised}");
+}
+
+#[tokio::test]
 async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it() {
     let app = spawn_app().await;
     let pending = pending_override(&app, "case-1", Role::Practitioner).await;
@@ -1031,7 +1085,7 @@ async fn every_revision_records_the_subject_and_role_of_the_token_that_made_it()
             &format!("/v1/decisions/{id}/override"),
             &app.second_supervisor,
             Some(4),
-            &json!({"level": pending["override"]["level"], "reason": "still worried"}),
+            &json!({"level": pending["tool_level"], "reason": "the risk has passed"}),
         )
         .await,
         StatusCode::CREATED,

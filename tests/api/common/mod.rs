@@ -455,6 +455,15 @@ pub fn valid_input(tool: &str) -> Value {
     valid_case(tool)["input"].clone()
 }
 
+/// The input of the first case of `tool` that expects `level`.
+pub fn input_at(tool: &str, level: &str) -> Value {
+    tool_cases(tool)
+        .into_iter()
+        .find(|case| case["expect"]["level"] == level)
+        .map(|case| case["input"].clone())
+        .unwrap_or_else(|| panic!("no case of {tool} expects {level}"))
+}
+
 /// The first case of `tool` that expects a level other than `level`: its input and expectation.
 pub fn case_not_at(tool: &str, level: &str) -> (Value, Value) {
     tool_cases(tool)
