@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::auth::Role;
-use crate::catalog::{digest, Catalog, Direction, Stage, Tool, ToolMeta};
+use crate::catalog::{digest, Catalog, Direction, OutcomeDecl, Stage, Tool, ToolMeta};
 use crate::rules::EvalError;
 use crate::store::{
     Actor, Appended, Declined, Draft, IdempotencyKey, Override, OverrideStatus, Precondition,
@@ -382,6 +382,17 @@ impl Decisions {
 
     /// The `x-tool` of the version that made a decision: from the catalog when it still serves
     /// that digest, else from the stored snapshot.
+    /// The level in force of `revision` as its tool version declares it (label and response),
+    /// when an approved override has put it there; `None` when the tool's own level is in force
+    /// (its recommendation and explanation say what it asks for).
+    pub fn overridden_outcome(&self, revision: &Revision) -> DecisionResult<Option<OutcomeDecl>> {
+        let Some(o) = revision.override_in_force() else {
+            return Ok(None);
+        };
+        let meta = self.meta_of(&revision.tool)?;
+        Ok(meta.outcomes.iter().find(|d| d.level == o.level).cloned())
+    }
+
     fn meta_of(&self, tool: &ToolRef) -> DecisionResult<Arc<ToolMeta>> {
         if let Some(current) = self.catalog().get(&tool.id) {
             if current.digest == tool.digest {

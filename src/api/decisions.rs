@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::{AnyRole, Authorized, Supervisors, Writers};
 use super::{ApiError, AppState, Json, Path};
+use crate::decisions::Decisions;
 use crate::rules::Reason;
 use crate::store::{Actor, Override, Revision, RevisionKind, ToolRef};
 
@@ -27,6 +28,11 @@ pub struct DecisionView {
     pub level: String,
     /// The level the tool decided.
     pub tool_level: String,
+    /// While an approved override is in force: what its level asks for, as the tool version
+    /// declares it. `recommendation` and `explanation` stay the tool's own, written for
+    /// `tool_level`: read them with this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<LevelInForce>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<f64>)]
     pub score: Option<serde_json::Number>,
@@ -46,9 +52,34 @@ pub struct DecisionView {
     pub hash: String,
 }
 
+/// An overridden level as its tool declares it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LevelInForce {
+    pub level: String,
+    pub label: String,
+    /// What the service response at this level is.
+    pub response: String,
+}
+
+impl DecisionView {
+    /// The view of `r`, with what the level in force asks for when an override put it there.
+    fn of(decisions: &Decisions, r: Revision) -> Result<Self, ApiError> {
+        let in_force = decisions.overridden_outcome(&r)?.map(|d| LevelInForce {
+            level: d.level,
+            label: d.label,
+            response: d.response,
+        });
+        Ok(DecisionView {
+            in_force,
+            ..DecisionView::from(r)
+        })
+    }
+}
+
 impl From<Revision> for DecisionView {
     fn from(r: Revision) -> Self {
         DecisionView {
+            in_force: None,
             level: r.effective_level().to_owned(),
             id: r.decision_id,
             case: r.case_id,
@@ -77,17 +108,29 @@ fn etag(revision: u32) -> HeaderValue {
 }
 
 /// A decision with its ETag.
-fn decision_response(status: StatusCode, revision: Revision) -> Response {
+fn decision_response(
+    decisions: &Decisions,
+    status: StatusCode,
+    revision: Revision,
+) -> Result<Response, ApiError> {
     let tag = etag(revision.revision);
     let location = format!("/v1/decisions/{}", revision.decision_id);
-    let mut response = (status, Json(DecisionView::from(revision))).into_response();
+    let mut response = (status, Json(DecisionView::of(decisions, revision)?)).into_response();
     response.headers_mut().insert(ETAG, tag);
     if status == StatusCode::CREATED {
         if let Ok(location) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(LOCATION, location);
         }
     }
-    response
+    Ok(response)
+}
+
+/// The views of `revisions`, in order.
+fn views(decisions: &Decisions, revisions: Vec<Revision>) -> Result<Vec<DecisionView>, ApiError> {
+    revisions
+        .into_iter()
+        .map(|r| DecisionView::of(decisions, r))
+        .collect()
 }
 
 /// Ids are 1-128 characters of letters, digits and `.`, `_`, `:`, `-`: safe in URLs, logs and
@@ -224,7 +267,7 @@ pub async fn decision_submit(
         .decisions
         .submit(&case, &request.tool, request.input, caller.actor(), key)
         .await?;
-    Ok(decision_response(StatusCode::CREATED, appended.revision))
+    decision_response(&state.decisions, StatusCode::CREATED, appended.revision)
 }
 
 /// The latest revision of every decision of a case.
@@ -242,9 +285,7 @@ pub async fn case_decisions_list(
 ) -> Result<Json<Vec<DecisionView>>, ApiError> {
     check_id("case", &case)?;
     let decisions = state.decisions.case_decisions(&case)?;
-    Ok(Json(
-        decisions.into_iter().map(DecisionView::from).collect(),
-    ))
+    Ok(Json(views(&state.decisions, decisions)?))
 }
 
 /// The latest revision of a decision, with its ETag.
@@ -263,7 +304,7 @@ pub async fn decision_get(
 ) -> Result<Response, ApiError> {
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let latest = state.decisions.latest(&id)?;
-    Ok(decision_response(StatusCode::OK, latest))
+    decision_response(&state.decisions, StatusCode::OK, latest)
 }
 
 /// Every revision of a decision, oldest first.
@@ -282,7 +323,7 @@ pub async fn revisions_list(
 ) -> Result<Json<Vec<DecisionView>>, ApiError> {
     check_id("id", &id).map_err(|_| ApiError::UnknownDecision(id.clone()))?;
     let history = state.decisions.history(&id)?;
-    Ok(Json(history.into_iter().map(DecisionView::from).collect()))
+    Ok(Json(views(&state.decisions, history)?))
 }
 
 /// New input for a decision.
@@ -329,7 +370,7 @@ pub async fn decision_amend(
         .decisions
         .amend(&id, request.input, expected, caller.actor())
         .await?;
-    Ok(decision_response(StatusCode::CREATED, revision))
+    decision_response(&state.decisions, StatusCode::CREATED, revision)
 }
 
 /// A practitioner's override of the level.
@@ -383,7 +424,7 @@ pub async fn decision_override(
             caller.actor(),
         )
         .await?;
-    Ok(decision_response(StatusCode::CREATED, revision))
+    decision_response(&state.decisions, StatusCode::CREATED, revision)
 }
 
 /// A supervisor's approval.
@@ -429,7 +470,7 @@ pub async fn decision_approve(
         .decisions
         .approve(&id, expected, caller.actor())
         .await?;
-    Ok(decision_response(StatusCode::CREATED, revision))
+    decision_response(&state.decisions, StatusCode::CREATED, revision)
 }
 
 /// A supervisor's refusal of an override, or its author withdrawing it.
@@ -479,5 +520,5 @@ pub async fn decision_decline(
         .decisions
         .decline(&id, &request.reason, expected, caller.actor())
         .await?;
-    Ok(decision_response(StatusCode::CREATED, revision))
+    decision_response(&state.decisions, StatusCode::CREATED, revision)
 }

@@ -747,6 +747,33 @@ async fn a_supervisor_approves_a_practitioners_override() {
         approved["override"]["approved_by"]["subject"],
         subject(Role::Supervisor)
     );
+    // What the level in force asks for, as the tool declares it, beside the tool's own texts.
+    let tool = json_of(
+        app.get(&format!("/v1/tools/{TOOL}"), Role::Auditor).await,
+        StatusCode::OK,
+    )
+    .await;
+    let declared = tool["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["level"] == approved["level"])
+        .unwrap();
+    assert_eq!(
+        approved["in_force"],
+        json!({"level": declared["level"], "label": declared["label"], "response": declared["response"]}),
+        "{approved}"
+    );
+    assert!(
+        pending.get("in_force").is_none(),
+        "nothing in force yet: {pending}"
+    );
+    let read = json_of(
+        app.get(&format!("/v1/decisions/{id}"), Role::Auditor).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(read["in_force"], approved["in_force"]);
 }
 
 #[tokio::test]
