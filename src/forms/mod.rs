@@ -132,6 +132,8 @@ fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violatio
 pub struct Form {
     validator: jsonschema::Validator,
     bounds: Bounds,
+    /// The schema, to name the choices of a `oneOf` a value matched none of.
+    schema: Value,
 }
 
 impl std::fmt::Debug for Form {
@@ -213,6 +215,7 @@ impl Form {
             })?;
         Ok(Form {
             validator,
+            schema: schema.clone(),
             bounds: Bounds::NONE,
         })
     }
@@ -240,9 +243,11 @@ impl Form {
                         message: format!("{name:?} is not a field of this form"),
                     }))
                 }
-                _ => out.push(Violation {
+                kind => out.push(Violation {
                     path: parent.to_owned(),
-                    message: e.to_string(),
+                    message: self
+                        .message(kind, e.schema_path().as_str())
+                        .unwrap_or_else(|| e.to_string()),
                 }),
             }
         }
@@ -252,6 +257,80 @@ impl Form {
             unholdable(input, "", &self.bounds, &mut out);
         }
         out
+    }
+
+    /// What a violation asks of the practitioner, in words that never repeat the value itself
+    /// (a form holds personal data, and problem details end up in case systems' logs); `None`
+    /// for the kinds whose own message already does (those about numbers), and any other.
+    fn message(&self, kind: &ValidationErrorKind, keyword: &str) -> Option<String> {
+        use ValidationErrorKind as K;
+        let listed = |values: &[Value]| {
+            values
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(match kind {
+            K::MaxLength { limit } => format!("must be at most {limit} characters long"),
+            K::MinLength { limit: 1 } => "must not be empty".into(),
+            K::MinLength { limit } => format!("must be at least {limit} characters long"),
+            K::MaxItems { limit } => format!("must have at most {limit} items"),
+            K::MinItems { limit: 1 } => "must have at least one item".into(),
+            K::MinItems { limit } => format!("must have at least {limit} items"),
+            K::MaxProperties { limit } => format!("must have at most {limit} fields"),
+            K::MinProperties { limit } => format!("must have at least {limit} fields"),
+            K::Enum { options } => match options.as_array() {
+                Some(options) => format!("must be one of: {}", listed(options)),
+                None => "is not one of the allowed values".into(),
+            },
+            K::Constant { expected_value } => format!("must be {expected_value}"),
+            K::Type {
+                kind: jsonschema::error::TypeKind::Single(t),
+            } => format!("must be of type {t}"),
+            K::Type { .. } => "is not of an allowed type".into(),
+            K::Pattern { pattern } => format!("must match the pattern {pattern}"),
+            K::Format { format } => format!("must be a valid {format}"),
+            K::UniqueItems => "must not hold the same item twice".into(),
+            K::OneOfNotValid { .. } | K::AnyOf { .. } => {
+                // A choice list (`oneOf` of `const`s, with titles) names its choices.
+                let choices: Option<Vec<Value>> = self
+                    .schema
+                    .pointer(keyword)
+                    .and_then(Value::as_array)
+                    .and_then(|alternatives| {
+                        alternatives
+                            .iter()
+                            .map(|a| a.get("const").cloned())
+                            .collect()
+                    });
+                match choices {
+                    Some(choices) => format!("must be one of: {}", listed(&choices)),
+                    None => "matches none of the allowed forms".into(),
+                }
+            }
+            K::OneOfMultipleValid { .. } => "matches more than one of the allowed forms".into(),
+            K::Contains => {
+                // The list's own description says what it must hold.
+                let list = keyword.strip_suffix("/contains").unwrap_or(keyword);
+                match self
+                    .schema
+                    .pointer(list)
+                    .and_then(|l| l.get("description"))
+                    .and_then(Value::as_str)
+                {
+                    Some(description) => {
+                        format!("holds no entry of the kind it needs: {description}")
+                    }
+                    None => "holds no entry of the kind it needs".into(),
+                }
+            }
+            K::Not { .. } | K::FalseSchema => "is not allowed here".into(),
+            K::AdditionalItems { limit } => format!("must have at most {limit} items"),
+            K::UnevaluatedItems { .. } => "has items this form does not allow".into(),
+            K::PropertyNames { .. } => "has a field name this form does not allow".into(),
+            _ => return None,
+        })
     }
 
     /// Whether `input` is valid: the fast path, which allocates nothing for a valid form.
@@ -278,6 +357,65 @@ mod tests {
             "$defs": {"person": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn messages_say_what_is_allowed_and_never_repeat_the_value() {
+        let form = Form::compile(&json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "view": {"type": "string", "maxLength": 5},
+                "summary": {"type": "string", "minLength": 1},
+                "severity": {"oneOf": [{"const": "none", "title": "None"}, {"const": "minor"}]},
+                "colour": {"enum": ["red", "blue"]},
+                "count": {"type": "integer"},
+                "people": {
+                    "type": "array",
+                    "description": "The practitioner's view is required.",
+                    "maxItems": 2,
+                    "items": {"$ref": "#/$defs/person"},
+                    "contains": {"properties": {"who": {"const": "practitioner"}}, "required": ["who"]}
+                }
+            },
+            "$defs": {"person": {"type": "object", "properties": {"role": {"oneOf": [{"const": "a"}, {"const": "b"}]}}}}
+        }))
+        .unwrap();
+        let secret = "SECRET-NAME";
+        let violations = form.violations(&json!({
+            "view": format!("{secret} said more"),
+            "summary": "",
+            "severity": secret,
+            "colour": secret,
+            "count": secret,
+            "people": [{"who": secret, "role": secret}, {"who": secret}, {"who": secret}]
+        }));
+        let said: Vec<(&str, &str)> = violations
+            .iter()
+            .map(|v| (v.path.as_str(), v.message.as_str()))
+            .collect();
+        for (path, message) in [
+            ("/view", "must be at most 5 characters long"),
+            ("/summary", "must not be empty"),
+            ("/severity", "must be one of: \"none\", \"minor\""),
+            ("/colour", "must be one of: \"red\", \"blue\""),
+            ("/count", "must be of type integer"),
+            ("/people", "must have at most 2 items"),
+            (
+                "/people",
+                "holds no entry of the kind it needs: The practitioner's view is required.",
+            ),
+            ("/people/0/role", "must be one of: \"a\", \"b\""),
+        ] {
+            assert!(
+                said.contains(&(path, message)),
+                "{path} {message}: {said:#?}"
+            );
+        }
+        assert!(
+            violations.iter().all(|v| !v.message.contains(secret)),
+            "{said:#?}"
+        );
     }
 
     #[test]
