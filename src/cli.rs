@@ -431,7 +431,7 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
         from: filter.from,
         to: filter.to,
     };
-    crate::audit::export::check_filter(&filter).map_err(|(_, message)| anyhow::anyhow!(message))?;
+    crate::audit::export::check_filter(&store, &filter)?;
     let mut sink: Box<dyn Write> = match &out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)

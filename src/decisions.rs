@@ -380,8 +380,6 @@ impl Decisions {
         Ok(meta.outcomes.iter().map(|o| o.level.clone()).collect())
     }
 
-    /// The `x-tool` of the version that made a decision: from the catalog when it still serves
-    /// that digest, else from the stored snapshot.
     /// The level in force of `revision` as its tool version declares it (label and response),
     /// when an approved override has put it there; `None` when the tool's own level is in force
     /// (its recommendation and explanation say what it asks for).
@@ -393,6 +391,8 @@ impl Decisions {
         Ok(meta.outcomes.iter().find(|d| d.level == o.level).cloned())
     }
 
+    /// The `x-tool` of the version that made a decision: from the catalog when it still serves
+    /// that digest, else from the stored snapshot.
     fn meta_of(&self, tool: &ToolRef) -> DecisionResult<Arc<ToolMeta>> {
         if let Some(current) = self.catalog().get(&tool.id) {
             if current.digest == tool.digest {

@@ -153,7 +153,10 @@ pub async fn audit_export(
     filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(filter) = filter.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    export::check_filter(&filter).map_err(|(field, message)| ApiError::invalid(field, message))?;
+    export::check_filter(state.decisions.store().as_ref(), &filter).map_err(|e| match e {
+        export::FilterError::Invalid { field, message } => ApiError::invalid(field, message),
+        export::FilterError::Store(e) => e.into(),
+    })?;
     // A blocking thread walks the store and hands the body chunks of about 64 KiB; the channel
     // is small, so a slow client slows the walk instead of filling memory.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::store::{Entry, Store, StoreResult};
+use crate::store::{Entry, Store, StoreError, StoreResult};
 
 /// Which revisions to export. Every field is optional; times are RFC 3339 and compare with
 /// `recorded_at` (`from` inclusive, `to` exclusive).
@@ -61,19 +61,92 @@ fn normalise(time: &str) -> String {
         .unwrap_or_else(|_| time.to_owned())
 }
 
-/// Checks a filter's times before any work is done.
-pub fn check_filter(filter: &Filter) -> Result<(), (String, String)> {
-    for (name, value) in [("from", &filter.from), ("to", &filter.to)] {
+/// A filter that would match nothing for a reason the caller should hear (a typo looks like an
+/// empty store otherwise), or the store failing while it is checked.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &str, message: String) -> Result<(), FilterError> {
+    Err(FilterError::Invalid {
+        field: field.to_owned(),
+        message,
+    })
+}
+
+/// Checks a filter before any work is done: its times are RFC 3339 and in order, its tool is one
+/// the store has a version of, and its level one that some version of that tool declares.
+pub fn check_filter(store: &dyn Store, filter: &Filter) -> Result<(), FilterError> {
+    let mut times = [None, None];
+    for (at, (name, value)) in [("from", &filter.from), ("to", &filter.to)]
+        .into_iter()
+        .enumerate()
+    {
         if let Some(v) = value {
-            if chrono::DateTime::parse_from_rfc3339(v).is_err() {
-                return Err((
-                    name.to_owned(),
-                    format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"),
-                ));
+            match chrono::DateTime::parse_from_rfc3339(v) {
+                Ok(t) => times[at] = Some(t),
+                Err(_) => {
+                    return invalid(
+                        name,
+                        format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z (in a URL, write + as %2B)"),
+                    )
+                }
             }
         }
     }
-    Ok(())
+    if let [Some(from), Some(to)] = times {
+        if to < from {
+            return invalid(
+                "to",
+                format!(
+                    "to ({}) is before from ({}): the window holds nothing",
+                    to.to_rfc3339(),
+                    from.to_rfc3339()
+                ),
+            );
+        }
+    }
+    let Some(tool) = &filter.tool else {
+        return Ok(());
+    };
+    let versions = store.versions(tool)?;
+    if versions.is_empty() {
+        return invalid(
+            "tool",
+            format!("no version of a tool {tool:?} was ever served or used here"),
+        );
+    }
+    let Some(level) = &filter.level else {
+        return Ok(());
+    };
+    let mut declared: Vec<String> = Vec::new();
+    for version in &versions {
+        let Some(snapshot) = store.snapshot(&version.digest)? else {
+            continue;
+        };
+        let outcomes = snapshot["schema"]["x-tool"]["outcomes"].as_array().cloned();
+        for outcome in outcomes.unwrap_or_default() {
+            if let Some(l) = outcome["level"].as_str() {
+                if !declared.iter().any(|d| d == l) {
+                    declared.push(l.to_owned());
+                }
+            }
+        }
+    }
+    if declared.iter().any(|d| d == level) {
+        return Ok(());
+    }
+    invalid(
+        "level",
+        format!(
+            "{tool} has no level {level:?} (its levels: {})",
+            declared.join(", ")
+        ),
+    )
 }
 
 /// Unix milliseconds of a filter time the way [`Filter::in_time`] compares it: truncated to

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::export::Filter;
+use super::export::{Filter, FilterError};
 use crate::catalog::{self, Catalog, Change, LoadError, Tool};
 use crate::rules::{EvalError, Limits, Outcome};
 use crate::store::{decode_revision, Store, StoreError};
@@ -186,8 +186,12 @@ pub fn replay(
         from: request.from.clone(),
         to: request.to.clone(),
     };
-    super::export::check_filter(&filter)
-        .map_err(|(field, message)| ReplayError::InvalidRequest(format!("/{field}"), message))?;
+    super::export::check_filter(store, &filter).map_err(|e| match e {
+        FilterError::Invalid { field, message } => {
+            ReplayError::InvalidRequest(format!("/{field}"), message)
+        }
+        FilterError::Store(e) => ReplayError::Store(e),
+    })?;
     if request.limit > MAX_LIMIT {
         return Err(ReplayError::InvalidRequest(
             "/limit".into(),

@@ -607,7 +607,7 @@ async fn export_of_a_time_window_is_exactly_the_revisions_recorded_in_it() {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
     };
     for from in &times {
-        for to in &times {
+        for to in times.iter().filter(|to| *to >= from) {
             let expected = seqs_where(&all, |r| at(r) >= *from && at(r) < *to);
             for (f, t) in [
                 (from.clone(), to.clone()),
@@ -647,14 +647,12 @@ async fn export_of_a_time_window_is_exactly_the_revisions_recorded_in_it() {
     );
 }
 
-#[tokio::test]
-async fn export_with_a_from_that_is_not_a_time_is_a_400_naming_it() {
-    let app = spawn_app().await;
-
+/// Asserts that an export with `query` is refused as a 400 naming `field`.
+async fn assert_export_refused(app: &TestApp, query: &str, field: &str) {
     let response = app
         .request(
             Method::GET,
-            "/v1/audit/decisions?from=yesterday",
+            &format!("/v1/audit/decisions?{query}"),
             Some(app.token(Role::Auditor)),
         )
         .send()
@@ -667,7 +665,34 @@ async fn export_with_a_from_that_is_not_a_time_is_a_400_naming_it() {
         "/problems/invalid-request",
     )
     .await;
-    assert_eq!(error_paths(&body), ["from"], "{body}");
+    assert_eq!(error_paths(&body), [field], "{query}: {body}");
+}
+
+#[tokio::test]
+async fn export_with_a_from_that_is_not_a_time_is_a_400_naming_it() {
+    let app = spawn_app().await;
+
+    assert_export_refused(&app, "from=yesterday", "from").await;
+}
+
+#[tokio::test]
+async fn an_export_filter_that_could_only_be_a_typo_is_refused_naming_it() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+
+    // A level the tool never declared, a tool never served, a window that ends before it starts:
+    // each would answer an empty export that reads as "no such decisions".
+    assert_export_refused(&app, &format!("tool={TOOL}&level=hgih"), "level").await;
+    assert_export_refused(&app, "tool=harm-analysys", "tool").await;
+    assert_export_refused(
+        &app,
+        "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "to",
+    )
+    .await;
+    // Their right spellings are answered.
+    let level = app.levels(TOOL).await.remove(0);
+    export(&app, &[("tool", TOOL), ("level", &level)]).await;
 }
 
 // Verify.
