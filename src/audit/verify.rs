@@ -62,8 +62,10 @@ fn verify_in_chunks(
     let mut anchored_hash = None;
     let head = store.head()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    // Chunk i holds seqs i*chunk_size+1 ..= (i+1)*chunk_size; the last one also takes whatever lies past
-    // the head, so entries the head does not account for are still read (and reported).
+    // Chunk i holds seqs i*chunk_size+1 ..= (i+1)*chunk_size, up to the head read above: the
+    // chain as it stood when verify began. Revisions the running service adds meanwhile are
+    // left for the next run; entries past the head that no head accounts for are looked for
+    // after the walk.
     let last_chunk = head.seq / chunk_size;
     let mut report = VerifyReport {
         ok: true,
@@ -85,12 +87,12 @@ fn verify_in_chunks(
             scope.spawn(move || {
                 for chunk in (w..=last_chunk).step_by(workers as usize) {
                     let first = chunk * chunk_size + 1;
-                    let last = (chunk < last_chunk).then_some(first + chunk_size - 1);
+                    let last = (first + chunk_size - 1).min(head.seq);
                     let checked = store
                         .journal_raw(first)
-                        .take_while(|entry| match (entry, last) {
-                            (Ok((seq, _)), Some(last)) => *seq <= last,
-                            _ => true,
+                        .take_while(|entry| match entry {
+                            Ok((seq, _)) => *seq <= last,
+                            Err(_) => true,
                         })
                         .map(|entry| entry.map(|(seq, bytes)| check_entry(seq, &bytes)))
                         .collect();
@@ -154,6 +156,9 @@ fn verify_in_chunks(
             });
         }
     }
+    if report.first_break.is_none() {
+        report.first_break = past_the_head(store)?;
+    }
     if let (None, Some(anchor)) = (&report.first_break, &anchor) {
         let end = expected_seq - 1;
         if anchor.seq > end {
@@ -178,6 +183,26 @@ fn verify_in_chunks(
     }
     report.ok = report.first_break.is_none();
     Ok(report)
+}
+
+/// A journal entry past the head, which no write accounts for: a write stores its revisions and
+/// moves the head in one atomic batch, so every entry the journal holds is within the head
+/// read after it. The journal's end is read first, then the head, so a revision the service
+/// adds in between is within that head, never taken for damage.
+fn past_the_head(store: &dyn Store) -> Result<Option<Break>, StoreError> {
+    let end = store.head()?.seq;
+    let Some(last) = store.journal_raw(end + 1).last().transpose()? else {
+        return Ok(None);
+    };
+    let (beyond, _) = last;
+    let head = store.head()?;
+    Ok((beyond > head.seq).then(|| Break {
+        seq: head.seq + 1,
+        reason: format!(
+            "the journal holds revision {beyond}, past the store's head ({}): revisions were written outside the service",
+            head.seq
+        ),
+    }))
 }
 
 fn check_entry(seq: u64, bytes: &[u8]) -> Checked {
@@ -219,7 +244,13 @@ mod tests {
     /// A store holding `n` revisions, appended concurrently so they share batches.
     async fn store_with(dir: &std::path::Path, n: usize) -> SledStore {
         let store = SledStore::open(dir, options()).unwrap();
-        let appends: Vec<_> = (0..n)
+        append(&store, 0..n).await;
+        store
+    }
+
+    /// Appends one new decision for each of `ids`, concurrently.
+    async fn append(store: &SledStore, ids: std::ops::Range<usize>) {
+        let appends: Vec<_> = ids
             .map(|i| {
                 tokio::spawn(store.append(
                     Draft {
@@ -254,7 +285,60 @@ mod tests {
         for appended in appends {
             appended.await.unwrap().unwrap();
         }
-        store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chain_written_to_while_it_is_verified_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(store_with(dir.path(), 50).await);
+        let writer = {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                for round in 0..40 {
+                    append(&store, 1000 + round * 16..1000 + (round + 1) * 16).await;
+                }
+            })
+        };
+        let mut runs = 0;
+        while !writer.is_finished() {
+            let store = std::sync::Arc::clone(&store);
+            let report =
+                tokio::task::spawn_blocking(move || verify_in_chunks(store.as_ref(), &|_| {}, 8))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert!(report.ok, "run {runs}: {report:?}");
+            runs += 1;
+        }
+        writer.await.unwrap();
+        assert!(
+            runs > 1,
+            "verify ran only {runs} time(s) while the writes landed"
+        );
+        assert!(verify(store.as_ref(), &|_| {}).unwrap().ok);
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_the_head_is_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with(dir.path(), 5).await);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let last = db.get(*b"j\0\0\0\0\0\0\0\x05").unwrap().unwrap();
+            db.insert(*b"j\0\0\0\0\0\0\0\x07", last).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), options()).unwrap();
+
+        let report = verify(&store, &|_| {}).unwrap();
+
+        let first_break = report.first_break.expect("the stray entry is found");
+        assert_eq!(first_break.seq, 6);
+        assert!(
+            first_break.reason.contains("past the store's head"),
+            "{}",
+            first_break.reason
+        );
     }
 
     #[tokio::test]
