@@ -39,6 +39,9 @@ pub async fn catalog_reload(
     _caller: Authorized<Admins>,
     State(state): State<AppState>,
 ) -> Result<Json<Reloaded>, ApiError> {
+    // One reload at a time, each reading the files after the one before has put its catalog in
+    // force: the last reload answered is the catalog served.
+    let _reloading = state.reloads.lock().await;
     let root = state.tools_dir.clone();
     // Loading compiles every schema and script: seconds of CPU at worst, off the async threads.
     let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root))

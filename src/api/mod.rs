@@ -61,6 +61,9 @@ pub struct AppState {
     /// Held while a token is created or revoked, so that two revocations cannot both see the
     /// other admin token and leave none.
     pub token_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the catalog is reloaded, so that of two overlapping reloads the later one
+    /// reads the files last and is the one left in force.
+    pub reloads: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
             body_limit,
             read_timeout,
             token_writes: Arc::default(),
+            reloads: Arc::default(),
         }
     }
 }

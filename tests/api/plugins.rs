@@ -734,6 +734,43 @@ async fn a_reload_under_concurrent_evaluate_traffic_fails_no_request() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_overlapping_reloads_the_files_read_last_are_the_catalog_left_in_force() {
+    let root = recalibrated(7);
+    let app = Arc::new(spawn_app_with(root.path()).await);
+    let input = scoring(7);
+    // Evaluations keep the CPU busy, so a reload's load takes longer at some moments than at
+    // others, and an earlier one can finish after a later one.
+    let busy = Arc::new(AtomicBool::new(true));
+    let mut traffic = JoinSet::new();
+    for _ in 0..6 {
+        let (app, input, busy) = (Arc::clone(&app), input.clone(), Arc::clone(&busy));
+        traffic.spawn(async move {
+            while busy.load(Ordering::SeqCst) {
+                app.evaluate(TOOL, &input).await;
+            }
+        });
+    }
+    for round in 0..30u64 {
+        write_plugin(root.path(), PLUGIN, &medium_at(7), &[]);
+        let first = {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { app.reload().await.status() })
+        };
+        tokio::time::sleep(Duration::from_millis(round % 4)).await;
+        write_plugin(root.path(), PLUGIN, &medium_at(8), &[]);
+        let second = app.reload().await.status();
+        assert_eq!(first.await.unwrap(), StatusCode::OK);
+        assert_eq!(second, StatusCode::OK);
+
+        // Both answered: the files say medium 8, under which a score of 7 is low.
+        let outcome = evaluation(&app, TOOL, &input).await;
+        assert_eq!(outcome["level"], "low", "round {round}: {outcome}");
+    }
+    busy.store(false, Ordering::SeqCst);
+    while traffic.join_next().await.is_some() {}
+}
+
 #[tokio::test]
 async fn decisions_before_and_after_a_reload_name_different_digests_and_both_versions_are_kept() {
     let root = recalibrated(7);
