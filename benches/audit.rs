@@ -148,8 +148,15 @@ fn replay_benches(c: &mut Criterion, filled: &Filled) {
         schema_patch: None,
     });
     let run = |request: &ReplayRequest| {
-        replay::replay(store, catalog, request, Limits::default(), &|_| {})
-            .unwrap_or_else(|e| panic!("the replay runs: {e:?}"))
+        replay::replay(
+            store,
+            catalog,
+            request,
+            Limits::default(),
+            &|_| {},
+            &safeguard::audit::Cancel::never(),
+        )
+        .unwrap_or_else(|e| panic!("the replay runs: {e:?}"))
     };
 
     let reproduced = run(&recorded);

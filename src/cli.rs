@@ -399,6 +399,7 @@ fn replay(file: Option<PathBuf>, args: ReplayArgs) -> anyhow::Result<()> {
         &request,
         crate::rules::Limits::default(),
         &|n| bar.set_position(n),
+        &crate::audit::Cancel::never(),
     )
     .map_err(|e| match e {
         replay::ReplayError::CandidateInvalid(errors) => anyhow::anyhow!(

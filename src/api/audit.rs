@@ -16,6 +16,7 @@ use crate::audit::disparity::{self, Disparity, DisparityRequest};
 use crate::audit::export::{self, Filter};
 use crate::audit::replay::{self, ReplayError, ReplayReport, ReplayRequest};
 use crate::audit::verify::{self, VerifyReport};
+use crate::audit::Cancel;
 use crate::decisions::Standing;
 use crate::forms::Violation;
 use crate::rules::Limits;
@@ -107,6 +108,9 @@ pub async fn audit_replay(
     Json(request): Json<ReplayRequest>,
 ) -> Result<Json<ReplayReport>, ApiError> {
     let decisions = state.decisions.clone();
+    // Dropped with this request (its client gone, or the service stopping): the replay stops.
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.when_dropped();
     let report = tokio::task::spawn_blocking(move || {
         let catalog = decisions.catalog();
         replay::replay(
@@ -115,6 +119,7 @@ pub async fn audit_replay(
             &request,
             Limits::default(),
             &|_| {},
+            &cancel,
         )
     })
     .await
@@ -133,6 +138,8 @@ pub async fn audit_replay(
         ),
         ReplayError::InvalidRequest(field, message) => ApiError::invalid(field, message),
         ReplayError::Store(e) => ApiError::Internal(e.to_string()),
+        // Only once this request is dropped, so never answered.
+        e @ ReplayError::Cancelled => ApiError::Internal(e.to_string()),
     })?;
     Ok(Json(report))
 }
@@ -205,11 +212,17 @@ pub async fn audit_verify(
     State(state): State<AppState>,
 ) -> Result<Json<VerifyReport>, ApiError> {
     let decisions = state.decisions.clone();
-    let report =
-        tokio::task::spawn_blocking(move || verify::verify(decisions.store().as_ref(), &|_| {}))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Dropped with this request (its client gone, or the service stopping): verify stops.
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.when_dropped();
+    let report = tokio::task::spawn_blocking(move || {
+        verify::verify_until(decisions.store().as_ref(), &|_| {}, &cancel)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    // Cancelled only once this request is dropped, so never answered.
+    .ok_or_else(|| ApiError::Internal("verify was cancelled".into()))?;
     Ok(Json(report))
 }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::export::{Filter, FilterError};
+use super::Cancel;
 use crate::catalog::{self, Catalog, Change, LoadError, Tool};
 use crate::rules::{EvalError, Limits, Outcome};
 use crate::store::{decode_revision, Store, StoreError};
@@ -97,6 +98,8 @@ pub enum ReplayError {
     InvalidRequest(String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the replay was cancelled: nobody waits for it any more")]
+    Cancelled,
 }
 
 /// What the replay found.
@@ -170,13 +173,15 @@ pub struct Rejected {
     pub error: String,
 }
 
-/// Runs a replay; `progress` is called with the number of decisions considered so far.
+/// Runs a replay; `progress` is called with the number of decisions considered so far. Stops
+/// with [`ReplayError::Cancelled`] soon after `cancel` is set.
 pub fn replay(
     store: &dyn Store,
     catalog: &Catalog,
     request: &ReplayRequest,
     limits: Limits,
     progress: &(dyn Fn(u64) + Sync),
+    cancel: &Cancel,
 ) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
     let filter = Filter {
@@ -261,6 +266,10 @@ pub fn replay(
         for bytes in store.latest_raw(Some(&request.tool)) {
             batch.push(bytes?);
             if batch.len() == 256 {
+                if cancel.is_cancelled() {
+                    // Dropping the sender ends the workers after the batches they hold.
+                    return Err(ReplayError::Cancelled);
+                }
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
                 if batch_tx.send(full).is_err() {
                     break;
@@ -638,4 +647,68 @@ pub fn render(report: &ReplayReport) -> String {
         let _ = writeln!(out, "  rejected {}: {}", r.decision_id, r.error);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::decisions::Decisions;
+    use crate::store::{Actor, SledStore, StoreOptions};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_cancelled_replay_stops_with_no_report() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let case: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                root.join("tests/cases/threshold/all-needs-met-is-universal.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            cache_bytes: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(data.path(), options).unwrap());
+        let catalog = Catalog::load(root).unwrap();
+        let decisions = Decisions::new(catalog, Arc::clone(&store)).unwrap();
+        let actor = Actor {
+            subject: "pat".into(),
+            role: Role::Practitioner,
+        };
+        for n in 0..300 {
+            decisions
+                .submit(
+                    &format!("c{n}"),
+                    "threshold",
+                    case["input"].clone(),
+                    actor.clone(),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let request: ReplayRequest =
+            serde_json::from_value(json!({"tool": "threshold", "against": {"kind": "recorded"}}))
+                .unwrap();
+        let run = |cancel: &Cancel| {
+            replay(
+                store.as_ref(),
+                &decisions.catalog(),
+                &request,
+                Limits::default(),
+                &|_| {},
+                cancel,
+            )
+        };
+
+        let cancel = Cancel::default();
+        drop(cancel.when_dropped());
+        assert!(matches!(run(&cancel), Err(ReplayError::Cancelled)));
+        let report = run(&Cancel::never()).unwrap();
+        assert_eq!(report.considered, 300);
+    }
 }

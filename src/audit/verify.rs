@@ -8,6 +8,7 @@
 
 use std::sync::mpsc;
 
+use super::Cancel;
 use crate::store::{sha256, Entry, Head, Link, Store, StoreError, GENESIS_HASH};
 use serde::Serialize;
 
@@ -48,14 +49,24 @@ pub fn verify(
     store: &dyn Store,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, StoreError> {
-    verify_in_chunks(store, progress, CHUNK)
+    verify_until(store, progress, &Cancel::never()).map(|r| r.expect("never cancelled"))
+}
+
+/// [`verify`], stopping soon after `cancel` is set, with `Ok(None)`.
+pub fn verify_until(
+    store: &dyn Store,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &Cancel,
+) -> Result<Option<VerifyReport>, StoreError> {
+    verify_in_chunks(store, progress, CHUNK, cancel)
 }
 
 fn verify_in_chunks(
     store: &dyn Store,
     progress: &(dyn Fn(u64) + Sync),
     chunk_size: u64,
-) -> Result<VerifyReport, StoreError> {
+    cancel: &Cancel,
+) -> Result<Option<VerifyReport>, StoreError> {
     // The anchor before the head: a batch made durable in between moves the head, never the
     // anchor past it.
     let anchor = store.anchor()?;
@@ -86,6 +97,9 @@ fn verify_in_chunks(
             answers.push(rx);
             scope.spawn(move || {
                 for chunk in (w..=last_chunk).step_by(workers as usize) {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
                     let first = chunk * chunk_size + 1;
                     let last = (first + chunk_size - 1).min(head.seq);
                     let checked = store
@@ -104,6 +118,10 @@ fn verify_in_chunks(
         }
 
         'chain: for chunk in 0..=last_chunk {
+            if cancel.is_cancelled() {
+                // Dropping the answers ends the workers at their next chunk.
+                break 'chain;
+            }
             let checked = answers[(chunk % workers) as usize]
                 .recv()
                 .expect("a verify worker answers every chunk it owns")?;
@@ -181,8 +199,11 @@ fn verify_in_chunks(
             });
         }
     }
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
     report.ok = report.first_break.is_none();
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// A journal entry past the head, which no write accounts for: a write stores its revisions and
@@ -239,6 +260,20 @@ mod tests {
             cache_bytes: 1 << 20,
             ..StoreOptions::default()
         }
+    }
+
+    /// The store in `dir`, once sled's background threads of the last handle on it (a raw
+    /// `sled::Db` the test changed it through) have let go of its lock.
+    fn reopen(dir: &std::path::Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(dir, options()) {
+                Err(StoreError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+        panic!("the store in {} stays locked", dir.display());
     }
 
     /// A store holding `n` revisions, appended concurrently so they share batches.
@@ -302,11 +337,12 @@ mod tests {
         let mut runs = 0;
         while !writer.is_finished() {
             let store = std::sync::Arc::clone(&store);
-            let report =
-                tokio::task::spawn_blocking(move || verify_in_chunks(store.as_ref(), &|_| {}, 8))
-                    .await
-                    .unwrap()
-                    .unwrap();
+            let report = tokio::task::spawn_blocking(move || {
+                verify_in_chunks(store.as_ref(), &|_| {}, 8, &Cancel::never()).map(Option::unwrap)
+            })
+            .await
+            .unwrap()
+            .unwrap();
             assert!(report.ok, "run {runs}: {report:?}");
             runs += 1;
         }
@@ -319,6 +355,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancelled_verify_stops_without_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), 30).await;
+        let cancel = Cancel::default();
+        drop(cancel.when_dropped());
+
+        let report = verify_in_chunks(&store, &|_| {}, 4, &cancel).unwrap();
+
+        assert!(report.is_none(), "{report:?}");
+        assert!(verify_in_chunks(&store, &|_| {}, 4, &Cancel::never())
+            .unwrap()
+            .is_some_and(|r| r.ok));
+    }
+
+    #[tokio::test]
     async fn an_entry_past_the_head_is_a_break() {
         let dir = tempfile::tempdir().unwrap();
         drop(store_with(dir.path(), 5).await);
@@ -328,7 +379,7 @@ mod tests {
             db.insert(*b"j\0\0\0\0\0\0\0\x07", last).unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path(), options()).unwrap();
+        let store = reopen(dir.path());
 
         let report = verify(&store, &|_| {}).unwrap();
 
@@ -347,7 +398,9 @@ mod tests {
         let store = store_with(dir.path(), 23).await;
 
         for chunk_size in [1, 4, 22, 23, 24, 4096] {
-            let report = verify_in_chunks(&store, &|_| {}, chunk_size).unwrap();
+            let report = verify_in_chunks(&store, &|_| {}, chunk_size, &Cancel::never())
+                .unwrap()
+                .unwrap();
             assert!(report.ok, "chunks of {chunk_size}: {report:?}");
             assert_eq!(report.revisions, 23, "chunks of {chunk_size}");
         }
@@ -364,10 +417,12 @@ mod tests {
                 .expect("seq 17 is stored");
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path(), options()).unwrap();
+        let store = reopen(dir.path());
 
         for chunk_size in [4, 16, 17, 4096] {
-            let report = verify_in_chunks(&store, &|_| {}, chunk_size).unwrap();
+            let report = verify_in_chunks(&store, &|_| {}, chunk_size, &Cancel::never())
+                .unwrap()
+                .unwrap();
             let first_break = report.first_break.clone().expect("the gap is found");
             assert_eq!(first_break.seq, 17, "chunks of {chunk_size}");
             assert!(
