@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::auth::Role;
-use crate::catalog::{digest, Catalog, Direction, OutcomeDecl, Stage, Tool, ToolMeta};
+use crate::catalog::{digest, Catalog, Direction, NamedStage, OutcomeDecl, Stage, Tool, ToolMeta};
 use crate::rules::EvalError;
 use crate::store::{
     Actor, Appended, Declined, Draft, IdempotencyKey, Override, OverrideStatus, Precondition,
@@ -548,6 +548,14 @@ fn check_override(
 /// The case stage a tool counts for: its `x-tool.stage` when that is a case stage (0 to 7);
 /// none for tools used at any stage, organisational tools and tools the catalog no longer has.
 /// A case's stage is the furthest of these over its decisions, or 0.
+/// Whether a tool is organisational (`x-tool.stage` `org`): its decisions are about an agency,
+/// recorded under the agency's id, not about a child's case.
+pub(crate) fn is_organisational(catalog: &Catalog, tool_id: &str) -> bool {
+    catalog
+        .get(tool_id)
+        .is_some_and(|t| t.meta.stage == Stage::Named(NamedStage::Org))
+}
+
 pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
     match catalog.get(tool_id).map(|t| t.meta.stage) {
         Some(Stage::Case(n)) => Some(n),
@@ -678,8 +686,18 @@ fn journey(
             .collect()
     };
     let mut due: Vec<Due> = Vec::new();
-    let mut missing = not_done(stage);
-    if missing.is_empty() && stage < 7 {
+    // An agency's own assessments, recorded under its id, are no child's case: nothing of the
+    // case journey is due for them.
+    let organisational = !decisions.is_empty()
+        && decisions
+            .iter()
+            .all(|d| is_organisational(catalog, &d.latest.tool.id));
+    let mut missing = if organisational {
+        Vec::new()
+    } else {
+        not_done(stage)
+    };
+    if missing.is_empty() && stage < 7 && !organisational {
         missing = not_done(stage + 1);
     }
     due.extend(missing.into_iter().map(|tool| Due {

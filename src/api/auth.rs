@@ -113,7 +113,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
         let tokens = state.tokens.read().expect("token lock poisoned");
-        let record = tokens.authenticate(token).ok_or(ApiError::Unauthorized)?;
+        let record = tokens.authenticate(token).ok_or(ApiError::TokenRefused)?;
         Ok(Caller {
             subject: record.subject.clone(),
             role: record.role,

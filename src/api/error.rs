@@ -21,6 +21,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ApiError {
     #[error("a bearer token is required")]
     Unauthorized,
+    #[error("the bearer token is not valid: it is unknown, mistyped or revoked")]
+    TokenRefused,
     #[error("this needs the role {}", roles(.0))]
     Forbidden(&'static [Role]),
     #[error("an override must be approved by someone other than the person who made it")]
@@ -156,7 +158,9 @@ impl ApiError {
     fn problem(&self) -> (&'static str, &'static str, StatusCode) {
         use ApiError::*;
         match self {
-            Unauthorized => ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED),
+            Unauthorized | TokenRefused => {
+                ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED)
+            }
             Forbidden(_) => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
             FourEyes => (
                 "four-eyes",
@@ -321,7 +325,7 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized | ApiError::TokenRefused) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -114,11 +114,20 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
-/// `Option<Json<T>>`: no body (no `Content-Type`) is `None`; a body is read as above.
+/// `Option<Json<T>>`: no body (no `Content-Type`, or an empty body whatever its type) is
+/// `None`; a body is read as above.
 impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let empty = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() == b"0")
+            || axum::body::HttpBody::size_hint(request.body()).exact() == Some(0);
+        if empty {
+            return Ok(None);
+        }
         let read = <axum::Json<T> as OptionalFromRequest<AppState>>::from_request(request, state);
         Ok(within_read_timeout(state, read)
             .await?

@@ -14,7 +14,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, Standing};
+use crate::decisions::{case_stage, is_organisational, Standing};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -33,7 +33,8 @@ pub struct Dashboard {
     pub override_rate_by_tool: Vec<ToolRate>,
     /// Cases at each stage of the case journey, "0" (front door) to "7" (close), every stage
     /// present. A case's stage is the furthest case stage among the tools it has decisions of,
-    /// 0 when it has none (only decisions of tools used at any stage, or none at all).
+    /// 0 when it has none (only decisions of tools used at any stage). An agency's own
+    /// assessments (organisational tools) are no child's case and are not counted.
     pub cases_per_stage: BTreeMap<String, u64>,
     /// Reviews past their tool's `review_after_days`, most overdue first: one per case and tool,
     /// for the latest decision of that tool in the case, as the case journey lists them.
@@ -142,6 +143,7 @@ pub fn dashboard(
         tally.declined += u64::from(status == Some(OverrideStatus::Declined));
 
         let case = entry(&mut cases, &revision.case_id);
+        case.child |= !is_organisational(catalog, &revision.tool.id);
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
             case.stage = case.stage.max(stage);
         }
@@ -224,7 +226,9 @@ pub fn dashboard(
         (0..=LAST_STAGE).map(|s| (s.to_string(), 0)).collect();
     let mut reviews_overdue: Vec<(DateTime<Utc>, OverdueReview)> = Vec::new();
     for (case_id, case) in cases {
-        *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
+        if case.child {
+            *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
+        }
         for (tool, latest) in case.reviews {
             if latest.due <= now {
                 reviews_overdue.push((
@@ -276,6 +280,8 @@ struct ToolTally {
 /// that has a review period.
 #[derive(Debug, Default)]
 struct CaseTally {
+    /// Whether any of its decisions is about a child (not only an agency's own assessments).
+    child: bool,
     stage: u8,
     reviews: HashMap<String, LatestOfTool>,
 }
@@ -684,12 +690,14 @@ mod tests {
             rev("d6", "c4", "door", "low", at),
             // A tool the catalog no longer has gives no stage.
             rev("d7", "c5", "retired", "low", at),
-            // An organisational tool gives no stage either.
+            // An agency's own assessment is no child's case: not counted.
             rev("d8", "c6", "org", "low", at),
+            // Beside a child's decisions, it gives no stage either.
+            rev("d9", "c2", "org", "low", at),
         ];
         let d = run(&catalog, revisions);
         let expected: BTreeMap<String, u64> = [
-            ("0", 4),
+            ("0", 3),
             ("1", 1),
             ("2", 0),
             ("3", 1),
@@ -871,7 +879,16 @@ mod tests {
         let mut overdue = Vec::new();
         for case in cases {
             let journey = service.journey(case, now).unwrap();
-            *stages.get_mut(&journey.stage.to_string()).unwrap() += 1;
+            if case == "c4" {
+                // Only an agency's own assessment: no child's case, so nothing of the journey is
+                // due, and the dashboard does not count it at a stage.
+                assert!(
+                    journey.due.iter().all(|d| d.why != "not-done"),
+                    "{journey:?}"
+                );
+            } else {
+                *stages.get_mut(&journey.stage.to_string()).unwrap() += 1;
+            }
             for due in journey.due.iter().filter(|d| d.why == "review-overdue") {
                 overdue.push((
                     case.to_owned(),
@@ -897,7 +914,7 @@ mod tests {
         from_board.sort();
 
         assert_eq!(board.cases_per_stage, stages);
-        assert_eq!(stages["0"], 2, "c3 and c4 are at stage 0: {stages:?}");
+        assert_eq!(stages["0"], 1, "c3 is at stage 0: {stages:?}");
         assert_eq!(stages["1"], 2);
         assert_eq!(stages["3"], 1);
         assert_eq!(from_board, overdue);

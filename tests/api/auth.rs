@@ -223,7 +223,8 @@ async fn every_route_without_a_token_is_401_with_a_bearer_challenge() {
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok());
         assert_eq!(challenge, Some("Bearer"), "{what}");
-        problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+        let body = problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+        assert_eq!(body["detail"], "a bearer token is required", "{what}");
     }
 }
 
@@ -236,7 +237,10 @@ async fn every_route_with_an_unknown_token_is_401() {
         let response = request(&app, &route, Some(&forged)).send().await.unwrap();
 
         assert!(response.headers().contains_key(WWW_AUTHENTICATE));
-        problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+        let body = problem(response, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+        // Not "a token is required": the caller sent one, which is what they need to hear about.
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("not valid"), "{detail}");
     }
 }
 

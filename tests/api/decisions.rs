@@ -820,6 +820,29 @@ async fn an_approved_override_stays_in_force_until_a_new_override_is_approved() 
 }
 
 #[tokio::test]
+async fn an_approval_with_if_match_and_an_empty_json_body_is_taken() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+
+    let response = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/decisions/{id}/approve"),
+            Some(app.token(Role::Supervisor)),
+        )
+        .header(reqwest::header::IF_MATCH, "\"2\"")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+
+    let approved = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(approved["override"]["status"], "approved");
+}
+
+#[tokio::test]
 async fn approving_with_no_override_pending_is_409() {
     let app = spawn_app().await;
     let decision = app.decide("case-1", TOOL).await;
