@@ -5,7 +5,7 @@
 //! The catalog is held behind a lock only long enough to clone its `Arc`, so a reload swaps it
 //! whole and a request in flight finishes on the catalog it started with.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -594,6 +594,15 @@ impl Standing {
     }
 }
 
+/// Whether `standing` closes its case if it is the case's latest assessment: its tool declares
+/// its level in force among the levels that close a case (`x-tool.closes`).
+pub(crate) fn closes(catalog: &Catalog, standing: &Standing) -> bool {
+    let d = &standing.latest;
+    catalog
+        .get(&d.tool.id)
+        .is_some_and(|t| t.meta.closes.iter().any(|l| l == d.effective_level()))
+}
+
 /// Whether a decision `(assessed_at, id)` replaces another as the latest of its tool in its
 /// case: the later assessment wins, and a tie goes to the later id (ids are UUIDv7, which sort
 /// by creation), so the answer does not depend on the order decisions are read in.
@@ -612,6 +621,20 @@ pub struct Journey {
     pub latest: BTreeMap<String, JourneyDecision>,
     /// What is due next.
     pub due: Vec<Due>,
+    /// Set while the case is closed: its latest assessment is a decision at a level that closes
+    /// a case (`x-tool.closes`). Nothing is due while it is; a later assessment reopens it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<Closed>,
+}
+
+/// The decision that closed a case.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Closed {
+    pub decision_id: String,
+    pub tool: String,
+    pub level: String,
+    /// When that assessment was made (RFC 3339).
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -669,19 +692,45 @@ fn journey(
             latest.insert(d.tool.id.clone(), (entry, review_due));
         }
     }
+    // Assessments in the order `supersedes` puts them: by time, then by decision id.
+    fn order(s: &Standing) -> (&str, &str) {
+        (&s.assessed_at, &s.latest.decision_id)
+    }
+    let later = |a: &&Standing, b: &&Standing| order(a).cmp(&order(b));
+    // The last closure, and whether nothing was assessed since: the case is closed (at the
+    // furthest stage it reached). A case reopened by a later assessment begins its journey again
+    // from the decisions made since.
+    let last_closure = decisions
+        .iter()
+        .filter(|s| closes(catalog, s))
+        .max_by(later);
+    let last = decisions.iter().max_by(later);
+    let closed = last
+        .filter(|s| last_closure.is_some_and(|c| std::ptr::eq(*s, c)))
+        .map(|s| Closed {
+            decision_id: s.latest.decision_id.clone(),
+            tool: s.latest.tool.id.clone(),
+            level: s.latest.effective_level().to_owned(),
+            since: s.assessed_at.clone(),
+        });
+    let since_reopened: BTreeSet<&str> = decisions
+        .iter()
+        .filter(|s| closed.is_some() || last_closure.is_none_or(|c| later(s, &c).is_gt()))
+        .map(|s| s.latest.tool.id.as_str())
+        .collect();
     let stage_of = |id: &str| match catalog.get(id).map(|t| t.meta.stage) {
         Some(Stage::Case(n)) => Some(n),
         _ => None,
     };
-    let stage = latest
-        .keys()
+    let stage = since_reopened
+        .iter()
         .filter_map(|id| stage_of(id))
         .max()
         .unwrap_or(0);
     let not_done = |stage: u8| -> Vec<String> {
         catalog
             .tools()
-            .filter(|t| t.meta.stage == Stage::Case(stage) && !latest.contains_key(t.id()))
+            .filter(|t| t.meta.stage == Stage::Case(stage) && !since_reopened.contains(t.id()))
             .map(|t| t.id().to_owned())
             .collect()
     };
@@ -692,12 +741,13 @@ fn journey(
         && decisions
             .iter()
             .all(|d| is_organisational(catalog, &d.latest.tool.id));
-    let mut missing = if organisational {
+    let nothing_due = organisational || closed.is_some();
+    let mut missing = if nothing_due {
         Vec::new()
     } else {
         not_done(stage)
     };
-    if missing.is_empty() && stage < 7 && !organisational {
+    if missing.is_empty() && stage < 7 && !nothing_due {
         missing = not_done(stage + 1);
     }
     due.extend(missing.into_iter().map(|tool| Due {
@@ -705,7 +755,7 @@ fn journey(
         why: "not-done".into(),
         since: None,
     }));
-    for (tool, (entry, review_due)) in &latest {
+    for (tool, (entry, review_due)) in latest.iter().filter(|_| closed.is_none()) {
         if let Some(at) = review_due {
             if *at <= now {
                 due.push(Due {
@@ -721,6 +771,7 @@ fn journey(
         stage,
         latest: latest.into_iter().map(|(k, (e, _))| (k, e)).collect(),
         due,
+        closed,
     }
 }
 
@@ -745,6 +796,7 @@ mod tests {
             params: json!({}),
             override_policy: policy,
             review_after_days: None,
+            closes: Vec::new(),
         }
     }
 

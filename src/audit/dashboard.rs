@@ -14,7 +14,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, is_organisational, Standing};
+use crate::decisions::{case_stage, closes, is_organisational, Standing};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -119,6 +119,7 @@ pub fn dashboard(
 
     for standing in decisions {
         let due = standing.review_due(catalog);
+        let closing = closes(catalog, &standing);
         let Standing {
             latest: revision,
             assessed_at,
@@ -144,8 +145,25 @@ pub fn dashboard(
 
         let case = entry(&mut cases, &revision.case_id);
         case.child |= !is_organisational(catalog, &revision.tool.id);
+        let newest = case.last.as_ref().is_none_or(|(at, id, _)| {
+            crate::decisions::supersedes((&assessed_at, &revision.decision_id), (at, id))
+        });
+        if newest {
+            case.last = Some((assessed_at.clone(), revision.decision_id.clone(), closing));
+        }
+        let later = |current: &Option<(String, String)>| {
+            current.as_ref().is_none_or(|(at, id)| {
+                crate::decisions::supersedes((&assessed_at, &revision.decision_id), (at, id))
+            })
+        };
+        if closing && later(&case.last_closure) {
+            case.last_closure = Some((assessed_at.clone(), revision.decision_id.clone()));
+        }
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
-            case.stage = case.stage.max(stage);
+            let at = &mut case.stages[usize::from(stage.min(LAST_STAGE))];
+            if later(at) {
+                *at = Some((assessed_at.clone(), revision.decision_id.clone()));
+            }
         }
         if let Some(due) = due {
             let candidate = LatestOfTool {
@@ -227,7 +245,11 @@ pub fn dashboard(
     let mut reviews_overdue: Vec<(DateTime<Utc>, OverdueReview)> = Vec::new();
     for (case_id, case) in cases {
         if case.child {
-            *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
+            *cases_per_stage.entry(case.stage().to_string()).or_default() += 1;
+        }
+        // A closed case has no reviews due, as its journey says.
+        if case.closed() {
+            continue;
         }
         for (tool, latest) in case.reviews {
             if latest.due <= now {
@@ -282,8 +304,36 @@ struct ToolTally {
 struct CaseTally {
     /// Whether any of its decisions is about a child (not only an agency's own assessments).
     child: bool,
-    stage: u8,
+    /// Its latest assessment: `(assessed_at, decision id, whether it closes the case)`.
+    last: Option<(String, String, bool)>,
+    /// Its latest assessment that closes it: `(assessed_at, decision id)`.
+    last_closure: Option<(String, String)>,
+    /// The latest assessment at each case stage, 0 to 7.
+    stages: [Option<(String, String)>; LAST_STAGE as usize + 1],
     reviews: HashMap<String, LatestOfTool>,
+}
+
+impl CaseTally {
+    fn closed(&self) -> bool {
+        self.last.as_ref().is_some_and(|(_, _, closes)| *closes)
+    }
+
+    /// Its stage, as its journey gives it: the furthest stage assessed since it was last closed
+    /// (or ever, while it is closed, or was never closed), else 0.
+    fn stage(&self) -> u8 {
+        // Assessments order by (assessed_at, decision id), as in `decisions::supersedes`.
+        let counts = |assessed: &(String, String)| {
+            self.closed()
+                || self
+                    .last_closure
+                    .as_ref()
+                    .is_none_or(|closure| assessed > closure)
+        };
+        (0..=LAST_STAGE)
+            .rev()
+            .find(|s| self.stages[usize::from(*s)].as_ref().is_some_and(counts))
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug)]
@@ -369,6 +419,8 @@ mod tests {
             ("plan", json!(3), Some(60)),
             ("check", json!("any"), Some(7)),
             ("org", json!("org"), None),
+            // Closes a case at `low` (`x-tool.closes`).
+            ("close", json!(7), None),
         ]
     }
 
@@ -389,6 +441,9 @@ mod tests {
             });
             if let Some(days) = review {
                 x_tool["review_after_days"] = json!(days);
+            }
+            if id == "close" {
+                x_tool["closes"] = json!(["low"]);
             }
             let schema = json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -746,6 +801,12 @@ mod tests {
                 OverrideStatus::Approved,
                 "2026-11-30T08:00:00.000Z",
             ),
+            // A case closed since its assessment fell due: nothing is due.
+            rev("d12", "c9", "assess", "low", "2026-10-02T08:00:00.000Z"),
+            rev("d13", "c9", "close", "low", "2026-11-15T08:00:00.000Z"),
+            // A closure check at a level that does not close it leaves the review due.
+            rev("d14", "c10", "assess", "low", "2026-10-02T08:00:00.000Z"),
+            rev("d15", "c10", "close", "medium", "2026-11-15T08:00:00.000Z"),
             // No review period.
             rev("d8", "c7", "door", "low", "2020-01-01T00:00:00.000Z"),
             rev("d9", "c7", "retired", "low", "2020-01-01T00:00:00.000Z"),
@@ -769,6 +830,7 @@ mod tests {
                 ("c6", "plan", "d7", "2026-09-30T08:00:00Z"),
                 ("c5", "plan", "d6", "2026-10-31T08:00:00Z"),
                 ("c1", "assess", "d1", "2026-11-01T08:00:00Z"),
+                ("c10", "assess", "d14", "2026-11-01T08:00:00Z"),
                 ("c3", "check", "d4", "2026-12-01T12:00:00Z"),
             ]
         );
@@ -848,6 +910,12 @@ mod tests {
         submit("c2", "plan").await;
         submit("c3", "check").await;
         submit("c4", "org").await;
+        // Closed: nothing due. Reopened by a front-door decision after its closure: at stage 0.
+        submit("c6", "assess").await;
+        submit("c6", "close").await;
+        submit("c7", "plan").await;
+        submit("c7", "close").await;
+        submit("c7", "door").await;
         submit("c5", "door").await;
         let d = submit("c5", "assess").await;
         service
@@ -866,7 +934,7 @@ mod tests {
 
         // A month on: assessments (30 days) and checks (7) are overdue, plans (60) are not.
         let now = Utc::now() + chrono::Duration::days(31);
-        let cases = ["c1", "c2", "c3", "c4", "c5"];
+        let cases = ["c1", "c2", "c3", "c4", "c5", "c6", "c7"];
         let latest: Vec<Standing> = cases
             .iter()
             .flat_map(|c| store.case_decisions(c).unwrap())
@@ -914,9 +982,13 @@ mod tests {
         from_board.sort();
 
         assert_eq!(board.cases_per_stage, stages);
-        assert_eq!(stages["0"], 1, "c3 is at stage 0: {stages:?}");
+        assert_eq!(
+            stages["0"], 2,
+            "c3 and the reopened c7 are at stage 0: {stages:?}"
+        );
         assert_eq!(stages["1"], 2);
         assert_eq!(stages["3"], 1);
+        assert_eq!(stages["7"], 1, "c6 is closed at stage 7: {stages:?}");
         assert_eq!(from_board, overdue);
         let tools: Vec<(&str, &str)> = overdue
             .iter()

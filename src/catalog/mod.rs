@@ -594,6 +594,18 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
     if !meta.params.is_object() {
         problem("`x-tool.params` must be an object of named weights and cut-points".into());
     }
+    for level in &meta.closes {
+        if !seen.contains(level.as_str()) {
+            problem(format!(
+                "`x-tool.closes` names {level:?}, which is not one of its levels ({})",
+                meta.outcomes
+                    .iter()
+                    .map(|o| o.level.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     if let Some(policy) = meta.override_policy {
         if policy.max_steps == Some(0) {
             problem("`x-tool.override.max_steps` is 0, which forbids every override; an override with a reason must always be possible".into());

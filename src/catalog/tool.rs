@@ -31,6 +31,10 @@ pub struct ToolMeta {
     /// When a decision made with this tool is due for review.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_after_days: Option<u32>,
+    /// The levels that close a case: while the case's latest assessment is a decision of this
+    /// tool at one of them, nothing of the journey is due (no tools, no reviews).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closes: Vec<String>,
 }
 
 fn empty_object() -> Value {

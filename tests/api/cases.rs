@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use safeguard::auth::Role;
 use serde_json::{json, Value};
 
-use crate::common::{json_of, spawn_app, TestApp, TOOL};
+use crate::common::{input_at, json_of, spawn_app, TestApp, TOOL};
 
 async fn journey(app: &TestApp, case: &str) -> Value {
     json_of(
@@ -175,6 +175,31 @@ async fn an_amendment_is_a_new_assessment() {
 
     assert_eq!(latest["revision"], 2);
     assert_eq!(latest["assessed_at"], amended["recorded_at"]);
+}
+
+#[tokio::test]
+async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+    let ready = input_at("closure-readiness", "ready-to-close");
+    let closing = json_of(
+        app.submit("case-1", "closure-readiness", &ready, Role::Practitioner)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let closed = journey(&app, "case-1").await;
+
+    assert_eq!(closed["closed"]["decision_id"], closing["id"], "{closed}");
+    assert_eq!(closed["closed"]["level"], "ready-to-close");
+    assert_eq!(closed["due"], json!([]), "{closed}");
+
+    // New concerns: a front-door decision after the closure reopens the case.
+    app.decide("case-1", "threshold").await;
+    let reopened = journey(&app, "case-1").await;
+    assert!(reopened.get("closed").is_none(), "{reopened}");
+    assert!(!due(&reopened, "not-done").is_empty(), "{reopened}");
 }
 
 #[tokio::test]

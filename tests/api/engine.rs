@@ -209,6 +209,16 @@ fn an_id_that_differs_from_the_file_stem_is_refused() {
 }
 
 #[test]
+fn a_closing_level_the_tool_does_not_declare_is_refused() {
+    check_broken(
+        "closes-undeclared-level",
+        "tool-schemas/closes-undeclared-level.json",
+        At::File,
+        r#"`x-tool.closes` names "closed", which is not one of its levels (low, high)"#,
+    );
+}
+
+#[test]
 fn a_schema_without_rules_names_the_missing_rules_file() {
     check_broken(
         "missing-rules",
