@@ -5,7 +5,7 @@
 //! The catalog is held behind a lock only long enough to clone its `Arc`, so a reload swaps it
 //! whole and a request in flight finishes on the catalog it started with.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -33,7 +33,7 @@ pub enum DecisionError {
         field: &'static str,
         message: String,
     },
-    #[error("decision {0} has no override waiting for approval")]
+    #[error("decision {0} has no override waiting for a supervisor (to approve or decline)")]
     NoPendingOverride(String),
     #[error("an override must be approved by someone other than the person who made it")]
     FourEyes,
@@ -518,6 +518,15 @@ fn check_override(
     let Some(policy) = meta.override_policy else {
         return Ok(());
     };
+    // Back towards the tool's level from an approved override (an amendment may have carried one
+    // further from the new assessment than the policy would allow now): always allowed, as
+    // going all the way back is.
+    if let Some(in_force_rank) = levels.iter().position(|l| *l == in_force) {
+        let (low, high) = (from_rank.min(in_force_rank), from_rank.max(in_force_rank));
+        if (low..=high).contains(&to_rank) {
+            return Ok(());
+        }
+    }
     match policy.direction {
         Direction::Up if to_rank < from_rank => {
             return invalid(
@@ -545,9 +554,6 @@ fn check_override(
     Ok(())
 }
 
-/// The case stage a tool counts for: its `x-tool.stage` when that is a case stage (0 to 7);
-/// none for tools used at any stage, organisational tools and tools the catalog no longer has.
-/// A case's stage is the furthest of these over its decisions, or 0.
 /// Whether a tool is organisational (`x-tool.stage` `org`): its decisions are about an agency,
 /// recorded under the agency's id, not about a child's case.
 pub(crate) fn is_organisational(catalog: &Catalog, tool_id: &str) -> bool {
@@ -556,6 +562,9 @@ pub(crate) fn is_organisational(catalog: &Catalog, tool_id: &str) -> bool {
         .is_some_and(|t| t.meta.stage == Stage::Named(NamedStage::Org))
 }
 
+/// The case stage a tool counts for: its `x-tool.stage` when that is a case stage (0 to 7);
+/// none for tools used at any stage, organisational tools and tools the catalog no longer has.
+/// A case's stage is the furthest of these over its decisions, or 0.
 pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
     match catalog.get(tool_id).map(|t| t.meta.stage) {
         Some(Stage::Case(n)) => Some(n),
@@ -594,13 +603,49 @@ impl Standing {
     }
 }
 
-/// Whether `standing` closes its case if it is the case's latest assessment: its tool declares
-/// its level in force among the levels that close a case (`x-tool.closes`).
-pub(crate) fn closes(catalog: &Catalog, standing: &Standing) -> bool {
-    let d = &standing.latest;
-    catalog
-        .get(&d.tool.id)
-        .is_some_and(|t| t.meta.closes.iter().any(|l| l == d.effective_level()))
+/// A case's latest assessment with a tool of the case journey (a numbered stage), whatever
+/// order its decisions are seen in, and the closure it makes when its tool says its level in
+/// force closes a case (`x-tool.closes`, as the tool is served now). Tools used at any stage and
+/// an agency's own assessments neither close nor reopen a case. The case journey and the
+/// dashboard both read closure from here.
+#[derive(Debug, Default)]
+pub(crate) struct LastAssessment {
+    /// `(assessed_at, decision id)` of the latest, and its closure.
+    last: Option<((String, String), Option<Closed>)>,
+}
+
+impl LastAssessment {
+    pub(crate) fn see(&mut self, catalog: &Catalog, standing: &Standing) {
+        let d = &standing.latest;
+        let Some(tool) = catalog.get(&d.tool.id) else {
+            return;
+        };
+        if !matches!(tool.meta.stage, Stage::Case(_)) {
+            return;
+        }
+        let later = self.last.as_ref().is_none_or(|((at, id), _)| {
+            supersedes((&standing.assessed_at, &d.decision_id), (at, id))
+        });
+        if !later {
+            return;
+        }
+        let level = d.effective_level();
+        let closure = tool.meta.closes.iter().any(|l| l == level).then(|| Closed {
+            decision_id: d.decision_id.clone(),
+            tool: d.tool.id.clone(),
+            level: level.to_owned(),
+            since: standing.assessed_at.clone(),
+        });
+        self.last = Some((
+            (standing.assessed_at.clone(), d.decision_id.clone()),
+            closure,
+        ));
+    }
+
+    /// The closure in force: the latest assessment closes the case.
+    pub(crate) fn closed(&self) -> Option<&Closed> {
+        self.last.as_ref().and_then(|(_, closure)| closure.as_ref())
+    }
 }
 
 /// Whether a decision `(assessed_at, id)` replaces another as the latest of its tool in its
@@ -621,8 +666,9 @@ pub struct Journey {
     pub latest: BTreeMap<String, JourneyDecision>,
     /// What is due next.
     pub due: Vec<Due>,
-    /// Set while the case is closed: its latest assessment is a decision at a level that closes
-    /// a case (`x-tool.closes`). Nothing is due while it is; a later assessment reopens it.
+    /// Set while the case is closed: its latest assessment with a tool of the case journey is a
+    /// decision at a level that closes a case (`x-tool.closes`). Nothing is due while it is; a
+    /// later assessment with such a tool reopens it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed: Option<Closed>,
 }
@@ -692,45 +738,24 @@ fn journey(
             latest.insert(d.tool.id.clone(), (entry, review_due));
         }
     }
-    // Assessments in the order `supersedes` puts them: by time, then by decision id.
-    fn order(s: &Standing) -> (&str, &str) {
-        (&s.assessed_at, &s.latest.decision_id)
+    let mut last = LastAssessment::default();
+    for standing in decisions {
+        last.see(catalog, standing);
     }
-    let later = |a: &&Standing, b: &&Standing| order(a).cmp(&order(b));
-    // The last closure, and whether nothing was assessed since: the case is closed (at the
-    // furthest stage it reached). A case reopened by a later assessment begins its journey again
-    // from the decisions made since.
-    let last_closure = decisions
-        .iter()
-        .filter(|s| closes(catalog, s))
-        .max_by(later);
-    let last = decisions.iter().max_by(later);
-    let closed = last
-        .filter(|s| last_closure.is_some_and(|c| std::ptr::eq(*s, c)))
-        .map(|s| Closed {
-            decision_id: s.latest.decision_id.clone(),
-            tool: s.latest.tool.id.clone(),
-            level: s.latest.effective_level().to_owned(),
-            since: s.assessed_at.clone(),
-        });
-    let since_reopened: BTreeSet<&str> = decisions
-        .iter()
-        .filter(|s| closed.is_some() || last_closure.is_none_or(|c| later(s, &c).is_gt()))
-        .map(|s| s.latest.tool.id.as_str())
-        .collect();
+    let closed = last.closed().cloned();
     let stage_of = |id: &str| match catalog.get(id).map(|t| t.meta.stage) {
         Some(Stage::Case(n)) => Some(n),
         _ => None,
     };
-    let stage = since_reopened
-        .iter()
+    let stage = latest
+        .keys()
         .filter_map(|id| stage_of(id))
         .max()
         .unwrap_or(0);
     let not_done = |stage: u8| -> Vec<String> {
         catalog
             .tools()
-            .filter(|t| t.meta.stage == Stage::Case(stage) && !since_reopened.contains(t.id()))
+            .filter(|t| t.meta.stage == Stage::Case(stage) && !latest.contains_key(t.id()))
             .map(|t| t.id().to_owned())
             .collect()
     };
@@ -830,6 +855,23 @@ mod tests {
         assert!(err.to_string().contains("at most 1"), "{err}");
         let err = check_override(&up_one, "medium", "medium", "low", "r").unwrap_err();
         assert!(err.to_string().contains("only overrides up"), "{err}");
+    }
+
+    #[test]
+    fn back_towards_the_tools_level_from_a_carried_override_is_always_allowed() {
+        // An amendment assessed low and carried an approved high: two steps, past the policy.
+        let down_one = meta(Some(OverridePolicy {
+            direction: Direction::Down,
+            max_steps: Some(1),
+        }));
+        assert!(check_override(&down_one, "low", "high", "medium", "r").is_ok());
+        assert!(check_override(&down_one, "low", "high", "low", "r").is_ok());
+        // Past the level in force is still bounded.
+        let up_one = meta(Some(OverridePolicy {
+            direction: Direction::Up,
+            max_steps: Some(1),
+        }));
+        assert!(check_override(&up_one, "low", "medium", "high", "r").is_err());
     }
 
     #[test]

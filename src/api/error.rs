@@ -217,12 +217,12 @@ impl ApiError {
             ),
             InvalidOverride { .. } => (
                 "invalid-override",
-                "The override is not allowed",
+                "The override request is not allowed",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             NoPendingOverride(_) => (
                 "no-pending-override",
-                "No override to approve",
+                "No override is waiting for a supervisor",
                 StatusCode::CONFLICT,
             ),
             Conflict(_) => ("conflict", "The decision has changed", StatusCode::CONFLICT),

@@ -114,8 +114,8 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
-/// `Option<Json<T>>`: no body (no `Content-Type`, or an empty body whatever its type) is
-/// `None`; a body is read as above.
+/// `Option<Json<T>>`: no body (no `Content-Type`, or a body known to be empty, as with
+/// `Content-Length: 0`, whatever its type) is `None`; a body is read as above.
 impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 

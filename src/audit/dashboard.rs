@@ -4,7 +4,8 @@
 //! reviews follow the same rules as the case journey (`GET /v1/cases/{case}`), so a supervisor
 //! who opens a case from the dashboard finds it where the dashboard said it was.
 //!
-//! The figures are one pass over the latest revision of every decision; memory grows with the
+//! The figures are one pass over the latest revision of every decision (and, for one whose
+//! latest revision is an override or its approval, a read back to its assessment); memory grows with the
 //! number of cases, tools, levels, weeks and pending overrides, never with the number of
 //! revisions.
 
@@ -14,7 +15,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, closes, is_organisational, Standing};
+use crate::decisions::{case_stage, is_organisational, LastAssessment, Standing};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -83,7 +84,8 @@ pub struct ToolRate {
     pub overridden: u64,
     /// Of those, overrides still waiting for a supervisor.
     pub pending: u64,
-    /// Of those, overrides a supervisor declined.
+    /// Of those, overrides declined: refused by a supervisor, or withdrawn by the practitioner
+    /// who asked for them (`override.declined.by` says which).
     pub declined: u64,
     /// `overridden / decisions`.
     pub rate: f64,
@@ -119,7 +121,9 @@ pub fn dashboard(
 
     for standing in decisions {
         let due = standing.review_due(catalog);
-        let closing = closes(catalog, &standing);
+        entry(&mut cases, &standing.latest.case_id)
+            .last
+            .see(catalog, &standing);
         let Standing {
             latest: revision,
             assessed_at,
@@ -145,25 +149,8 @@ pub fn dashboard(
 
         let case = entry(&mut cases, &revision.case_id);
         case.child |= !is_organisational(catalog, &revision.tool.id);
-        let newest = case.last.as_ref().is_none_or(|(at, id, _)| {
-            crate::decisions::supersedes((&assessed_at, &revision.decision_id), (at, id))
-        });
-        if newest {
-            case.last = Some((assessed_at.clone(), revision.decision_id.clone(), closing));
-        }
-        let later = |current: &Option<(String, String)>| {
-            current.as_ref().is_none_or(|(at, id)| {
-                crate::decisions::supersedes((&assessed_at, &revision.decision_id), (at, id))
-            })
-        };
-        if closing && later(&case.last_closure) {
-            case.last_closure = Some((assessed_at.clone(), revision.decision_id.clone()));
-        }
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
-            let at = &mut case.stages[usize::from(stage.min(LAST_STAGE))];
-            if later(at) {
-                *at = Some((assessed_at.clone(), revision.decision_id.clone()));
-            }
+            case.stage = case.stage.max(stage);
         }
         if let Some(due) = due {
             let candidate = LatestOfTool {
@@ -245,10 +232,10 @@ pub fn dashboard(
     let mut reviews_overdue: Vec<(DateTime<Utc>, OverdueReview)> = Vec::new();
     for (case_id, case) in cases {
         if case.child {
-            *cases_per_stage.entry(case.stage().to_string()).or_default() += 1;
+            *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
         }
         // A closed case has no reviews due, as its journey says.
-        if case.closed() {
+        if case.last.closed().is_some() {
             continue;
         }
         for (tool, latest) in case.reviews {
@@ -304,36 +291,10 @@ struct ToolTally {
 struct CaseTally {
     /// Whether any of its decisions is about a child (not only an agency's own assessments).
     child: bool,
-    /// Its latest assessment: `(assessed_at, decision id, whether it closes the case)`.
-    last: Option<(String, String, bool)>,
-    /// Its latest assessment that closes it: `(assessed_at, decision id)`.
-    last_closure: Option<(String, String)>,
-    /// The latest assessment at each case stage, 0 to 7.
-    stages: [Option<(String, String)>; LAST_STAGE as usize + 1],
+    /// Its latest assessment, and whether that closes it.
+    last: LastAssessment,
+    stage: u8,
     reviews: HashMap<String, LatestOfTool>,
-}
-
-impl CaseTally {
-    fn closed(&self) -> bool {
-        self.last.as_ref().is_some_and(|(_, _, closes)| *closes)
-    }
-
-    /// Its stage, as its journey gives it: the furthest stage assessed since it was last closed
-    /// (or ever, while it is closed, or was never closed), else 0.
-    fn stage(&self) -> u8 {
-        // Assessments order by (assessed_at, decision id), as in `decisions::supersedes`.
-        let counts = |assessed: &(String, String)| {
-            self.closed()
-                || self
-                    .last_closure
-                    .as_ref()
-                    .is_none_or(|closure| assessed > closure)
-        };
-        (0..=LAST_STAGE)
-            .rev()
-            .find(|s| self.stages[usize::from(*s)].as_ref().is_some_and(counts))
-            .unwrap_or(0)
-    }
 }
 
 #[derive(Debug)]
@@ -910,9 +871,11 @@ mod tests {
         submit("c2", "plan").await;
         submit("c3", "check").await;
         submit("c4", "org").await;
-        // Closed: nothing due. Reopened by a front-door decision after its closure: at stage 0.
+        // Closed: nothing due, whatever a tool of any stage records after. Reopened by a
+        // front-door decision after its closure.
         submit("c6", "assess").await;
         submit("c6", "close").await;
+        submit("c6", "check").await;
         submit("c7", "plan").await;
         submit("c7", "close").await;
         submit("c7", "door").await;
@@ -982,13 +945,12 @@ mod tests {
         from_board.sort();
 
         assert_eq!(board.cases_per_stage, stages);
-        assert_eq!(
-            stages["0"], 2,
-            "c3 and the reopened c7 are at stage 0: {stages:?}"
-        );
+        assert_eq!(stages["0"], 1, "c3 is at stage 0: {stages:?}");
         assert_eq!(stages["1"], 2);
         assert_eq!(stages["3"], 1);
-        assert_eq!(stages["7"], 1, "c6 is closed at stage 7: {stages:?}");
+        assert_eq!(stages["7"], 2, "c6 closed and c7 reopened: {stages:?}");
+        assert!(service.journey("c6", now).unwrap().closed.is_some());
+        assert!(service.journey("c7", now).unwrap().closed.is_none());
         assert_eq!(from_board, overdue);
         let tools: Vec<(&str, &str)> = overdue
             .iter()

@@ -191,19 +191,20 @@ pub fn replay(
         from: request.from.clone(),
         to: request.to.clone(),
     };
-    super::export::check_filter(store, &filter).map_err(|e| match e {
-        FilterError::Invalid { field, message } => {
-            ReplayError::InvalidRequest(format!("/{field}"), message)
-        }
-        FilterError::Store(e) => ReplayError::Store(e),
-    })?;
     if request.limit > MAX_LIMIT {
         return Err(ReplayError::InvalidRequest(
             "/limit".into(),
             format!("limit is at most {MAX_LIMIT}"),
         ));
     }
+    // The tool and version first: one that does not exist is a 404, not a filter's typo.
     let (target, against) = target_tool(store, catalog, request, limits)?;
+    super::export::check_filter(store, &filter).map_err(|e| match e {
+        FilterError::Invalid { field, message } => {
+            ReplayError::InvalidRequest(format!("/{field}"), message)
+        }
+        FilterError::Store(e) => ReplayError::Store(e),
+    })?;
     let levels: Vec<String> = match (&target, catalog.get(&request.tool)) {
         (Some(tool), _) => tool.levels().to_vec(),
         (None, Some(tool)) => tool.levels().to_vec(),

@@ -260,8 +260,8 @@ impl Form {
     }
 
     /// What a violation asks of the practitioner, in words that never repeat the value itself
-    /// (a form holds personal data, and problem details end up in case systems' logs); `None`
-    /// for the kinds whose own message already does (those about numbers), and any other.
+    /// (a form holds personal data, a child's age included, and problem details end up in case
+    /// systems' logs); `None` for any other kind, whose own message is used.
     fn message(&self, kind: &ValidationErrorKind, keyword: &str) -> Option<String> {
         use ValidationErrorKind as K;
         let listed = |values: &[Value]| {
@@ -272,6 +272,11 @@ impl Form {
                 .join(", ")
         };
         Some(match kind {
+            K::Minimum { limit } => format!("must be at least {limit}"),
+            K::Maximum { limit } => format!("must be at most {limit}"),
+            K::ExclusiveMinimum { limit } => format!("must be more than {limit}"),
+            K::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
+            K::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
             K::MaxLength { limit } => format!("must be at most {limit} characters long"),
             K::MinLength { limit: 1 } => "must not be empty".into(),
             K::MinLength { limit } => format!("must be at least {limit} characters long"),
@@ -370,6 +375,7 @@ mod tests {
                 "severity": {"oneOf": [{"const": "none", "title": "None"}, {"const": "minor"}]},
                 "colour": {"enum": ["red", "blue"]},
                 "count": {"type": "integer"},
+                "age": {"type": "integer", "maximum": 17},
                 "people": {
                     "type": "array",
                     "description": "The practitioner's view is required.",
@@ -388,6 +394,7 @@ mod tests {
             "severity": secret,
             "colour": secret,
             "count": secret,
+            "age": 4242,
             "people": [{"who": secret, "role": secret}, {"who": secret}, {"who": secret}]
         }));
         let said: Vec<(&str, &str)> = violations
@@ -400,6 +407,7 @@ mod tests {
             ("/severity", "must be one of: \"none\", \"minor\""),
             ("/colour", "must be one of: \"red\", \"blue\""),
             ("/count", "must be of type integer"),
+            ("/age", "must be at most 17"),
             ("/people", "must have at most 2 items"),
             (
                 "/people",
@@ -413,7 +421,9 @@ mod tests {
             );
         }
         assert!(
-            violations.iter().all(|v| !v.message.contains(secret)),
+            violations
+                .iter()
+                .all(|v| !v.message.contains(secret) && !v.message.contains("4242")),
             "{said:#?}"
         );
     }

@@ -45,7 +45,7 @@ pub enum RevisionKind {
     Amended,
     Overridden,
     Approved,
-    /// A supervisor declined the pending override.
+    /// The pending override was declined by a supervisor, or withdrawn by its author.
     Declined,
 }
 
@@ -55,7 +55,8 @@ pub enum RevisionKind {
 pub enum OverrideStatus {
     Pending,
     Approved,
-    /// Declined by a supervisor, with a reason: it never took effect.
+    /// Declined by a supervisor (or withdrawn by its author), with a reason: it never took
+    /// effect.
     Declined,
 }
 

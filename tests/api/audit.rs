@@ -87,6 +87,33 @@ async fn replay_report(app: &TestApp, body: &Value) -> Value {
     json_of(replay(app, body).await, StatusCode::OK).await
 }
 
+#[tokio::test]
+async fn a_replay_of_a_tool_never_served_is_404_and_a_level_typo_is_400() {
+    let app = spawn_app().await;
+    app.decide("case-1", TOOL).await;
+
+    for against in [
+        json!({"kind": "recorded"}),
+        json!({"kind": "candidate", "params": {}}),
+    ] {
+        let body = json!({"tool": "harm-analysys", "against": against});
+        problem(
+            replay(&app, &body).await,
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-tool",
+        )
+        .await;
+    }
+    let typo = json!({"tool": TOOL, "level": "hgih", "against": {"kind": "recorded"}});
+    let body = problem(
+        replay(&app, &typo).await,
+        StatusCode::BAD_REQUEST,
+        "/problems/invalid-request",
+    )
+    .await;
+    assert_eq!(error_paths(&body), ["/level"], "{body}");
+}
+
 /// A level next to `level` in `tool`: an override within one step.
 async fn neighbour(app: &TestApp, tool: &str, level: &str) -> String {
     let levels = app.levels(tool).await;

@@ -178,7 +178,7 @@ async fn an_amendment_is_a_new_assessment() {
 }
 
 #[tokio::test]
-async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one() {
+async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one_reopens_it() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
     let ready = input_at("closure-readiness", "ready-to-close");
@@ -195,11 +195,25 @@ async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one(
     assert_eq!(closed["closed"]["level"], "ready-to-close");
     assert_eq!(closed["due"], json!([]), "{closed}");
 
+    // A tool used at any stage (sharing information, say) leaves it closed.
+    let sharing = input_at("information-sharing", "share-with-consent");
+    json_of(
+        app.submit(
+            "case-1",
+            "information-sharing",
+            &sharing,
+            Role::Practitioner,
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(journey(&app, "case-1").await["closed"], closed["closed"]);
+
     // New concerns: a front-door decision after the closure reopens the case.
     app.decide("case-1", "threshold").await;
     let reopened = journey(&app, "case-1").await;
     assert!(reopened.get("closed").is_none(), "{reopened}");
-    assert!(!due(&reopened, "not-done").is_empty(), "{reopened}");
 }
 
 #[tokio::test]
