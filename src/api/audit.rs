@@ -99,7 +99,7 @@ pub async fn version_get(
         super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tool or version", body = super::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The candidate does not load", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The candidate does not load, or the filter matches nothing that could exist (a level the tool never had, a window that ends before it starts)", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
 ))]
 pub async fn audit_replay(
@@ -137,6 +137,7 @@ pub async fn audit_replay(
                 .collect(),
         ),
         ReplayError::InvalidRequest(field, message) => ApiError::invalid(field, message),
+        ReplayError::InvalidFilter(field, message) => ApiError::InvalidFilter { field, message },
         ReplayError::Store(e) => ApiError::Internal(e.to_string()),
         // Only once this request is dropped, so never answered.
         e @ ReplayError::Cancelled => ApiError::Internal(e.to_string()),
@@ -151,6 +152,8 @@ pub async fn audit_replay(
     responses(
         (status = 200, description = "JSON Lines, one revision a line", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "Malformed filter", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No version of the tool was ever served or used", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A level the tool never had, or a window that ends before it starts", body = super::Problem, content_type = "application/problem+json"),
         super::TokenProblems,
         (status = 403, description = "Not an auditor", body = super::Problem, content_type = "application/problem+json"),
 ))]
@@ -161,7 +164,11 @@ pub async fn audit_export(
 ) -> Result<Response, ApiError> {
     let Query(filter) = filter.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     export::check_filter(state.decisions.store().as_ref(), &filter).map_err(|e| match e {
-        export::FilterError::Invalid { field, message } => ApiError::invalid(field, message),
+        export::FilterError::UnknownTool(tool) => ApiError::UnknownTool(tool),
+        export::FilterError::Malformed { field, message } => ApiError::invalid(field, message),
+        export::FilterError::Invalid { field, message } => {
+            ApiError::InvalidFilter { field, message }
+        }
         export::FilterError::Store(e) => e.into(),
     })?;
     // A blocking thread walks the store and hands the body chunks of about 64 KiB; the channel

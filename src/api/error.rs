@@ -33,6 +33,10 @@ pub enum ApiError {
     InvalidForm(Vec<Violation>),
     #[error("{message}")]
     InvalidRequest { field: String, message: String },
+    /// A well-formed filter that could only be a mistake (a level the tool never had, a window
+    /// that ends before it starts).
+    #[error("{message}")]
+    InvalidFilter { field: String, message: String },
     #[error("the body must be JSON sent as `Content-Type: application/json`")]
     UnsupportedMediaType,
     #[error(
@@ -178,6 +182,11 @@ impl ApiError {
                 "The request is invalid",
                 StatusCode::BAD_REQUEST,
             ),
+            InvalidFilter { .. } => (
+                "invalid-filter",
+                "The filter matches nothing that could exist",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             UnsupportedMediaType => (
                 "unsupported-media-type",
                 "Unsupported media type",
@@ -287,6 +296,7 @@ impl ApiError {
             | ApiError::CatalogInvalid(v)
             | ApiError::CandidateInvalid(v) => v.clone(),
             ApiError::InvalidRequest { field, message }
+            | ApiError::InvalidFilter { field, message }
             | ApiError::InvalidOverride { field, message } => {
                 vec![Violation {
                     path: field.clone(),

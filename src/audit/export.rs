@@ -65,6 +65,13 @@ fn normalise(time: &str) -> String {
 /// empty store otherwise), or the store failing while it is checked.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
+    /// The filter names a tool that was never served or used here.
+    #[error("there is no tool {0:?}: no version of it was ever served or used here")]
+    UnknownTool(String),
+    /// A value that is not what the parameter takes (a time that is not RFC 3339).
+    #[error("{message}")]
+    Malformed { field: String, message: String },
+    /// A well-formed filter that could only be a mistake.
     #[error("{message}")]
     Invalid { field: String, message: String },
     #[error(transparent)]
@@ -90,10 +97,10 @@ pub fn check_filter(store: &dyn Store, filter: &Filter) -> Result<(), FilterErro
             match chrono::DateTime::parse_from_rfc3339(v) {
                 Ok(t) => times[at] = Some(t),
                 Err(_) => {
-                    return invalid(
-                        name,
-                        format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z (in a URL, write + as %2B)"),
-                    )
+                    return Err(FilterError::Malformed {
+                        field: name.to_owned(),
+                        message: format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z (in a URL, write + as %2B)"),
+                    })
                 }
             }
         }
@@ -115,10 +122,7 @@ pub fn check_filter(store: &dyn Store, filter: &Filter) -> Result<(), FilterErro
     };
     let versions = store.versions(tool)?;
     if versions.is_empty() {
-        return invalid(
-            "tool",
-            format!("no version of a tool {tool:?} was ever served or used here"),
-        );
+        return Err(FilterError::UnknownTool(tool.clone()));
     }
     let Some(level) = &filter.level else {
         return Ok(());

@@ -96,6 +96,9 @@ pub enum ReplayError {
     CandidateInvalid(Vec<LoadError>),
     #[error("{1}")]
     InvalidRequest(String, String),
+    /// A well-formed filter that could only be a mistake (see `export::check_filter`).
+    #[error("{1}")]
+    InvalidFilter(String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the replay was cancelled: nobody waits for it any more")]
@@ -200,8 +203,12 @@ pub fn replay(
     // The tool and version first: one that does not exist is a 404, not a filter's typo.
     let (target, against) = target_tool(store, catalog, request, limits)?;
     super::export::check_filter(store, &filter).map_err(|e| match e {
-        FilterError::Invalid { field, message } => {
+        FilterError::UnknownTool(tool) => ReplayError::UnknownTool(tool),
+        FilterError::Malformed { field, message } => {
             ReplayError::InvalidRequest(format!("/{field}"), message)
+        }
+        FilterError::Invalid { field, message } => {
+            ReplayError::InvalidFilter(format!("/{field}"), message)
         }
         FilterError::Store(e) => ReplayError::Store(e),
     })?;

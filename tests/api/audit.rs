@@ -88,7 +88,7 @@ async fn replay_report(app: &TestApp, body: &Value) -> Value {
 }
 
 #[tokio::test]
-async fn a_replay_of_a_tool_never_served_is_404_and_a_level_typo_is_400() {
+async fn a_replay_of_a_tool_never_served_is_404_and_a_level_typo_is_422() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
 
@@ -107,8 +107,8 @@ async fn a_replay_of_a_tool_never_served_is_404_and_a_level_typo_is_400() {
     let typo = json!({"tool": TOOL, "level": "hgih", "against": {"kind": "recorded"}});
     let body = problem(
         replay(&app, &typo).await,
-        StatusCode::BAD_REQUEST,
-        "/problems/invalid-request",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-filter",
     )
     .await;
     assert_eq!(error_paths(&body), ["/level"], "{body}");
@@ -674,8 +674,15 @@ async fn export_of_a_time_window_is_exactly_the_revisions_recorded_in_it() {
     );
 }
 
-/// Asserts that an export with `query` is refused as a 400 naming `field`.
-async fn assert_export_refused(app: &TestApp, query: &str, field: &str) {
+/// Asserts that an export with `query` is refused with `status` and problem `kind`, naming
+/// `field`.
+async fn assert_export_refused_as(
+    app: &TestApp,
+    query: &str,
+    status: StatusCode,
+    kind: &str,
+    field: &str,
+) {
     let response = app
         .request(
             Method::GET,
@@ -686,13 +693,20 @@ async fn assert_export_refused(app: &TestApp, query: &str, field: &str) {
         .await
         .unwrap();
 
-    let body = problem(
-        response,
+    let body = problem(response, status, kind).await;
+    assert_eq!(error_paths(&body), [field], "{query}: {body}");
+}
+
+/// Asserts that an export with `query` is refused as a 400 naming `field`.
+async fn assert_export_refused(app: &TestApp, query: &str, field: &str) {
+    assert_export_refused_as(
+        app,
+        query,
         StatusCode::BAD_REQUEST,
         "/problems/invalid-request",
+        field,
     )
     .await;
-    assert_eq!(error_paths(&body), [field], "{query}: {body}");
 }
 
 #[tokio::test]
@@ -709,14 +723,35 @@ async fn an_export_filter_that_could_only_be_a_typo_is_refused_naming_it() {
 
     // A level the tool never declared, a tool never served, a window that ends before it starts:
     // each would answer an empty export that reads as "no such decisions".
-    assert_export_refused(&app, &format!("tool={TOOL}&level=hgih"), "level").await;
-    assert_export_refused(&app, "tool=harm-analysys", "tool").await;
-    assert_export_refused(
-        &app,
-        "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+    let unprocessable = |query: String, field: &'static str| {
+        let app = &app;
+        async move {
+            assert_export_refused_as(
+                app,
+                &query,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-filter",
+                field,
+            )
+            .await
+        }
+    };
+    unprocessable(format!("tool={TOOL}&level=hgih"), "level").await;
+    unprocessable(
+        "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z".into(),
         "to",
     )
     .await;
+    let unknown = app
+        .request(
+            Method::GET,
+            "/v1/audit/decisions?tool=harm-analysys",
+            Some(app.token(Role::Auditor)),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(unknown, StatusCode::NOT_FOUND, "/problems/unknown-tool").await;
     // Their right spellings are answered.
     let level = app.levels(TOOL).await.remove(0);
     export(&app, &[("tool", TOOL), ("level", &level)]).await;
