@@ -151,7 +151,11 @@ PY
 #   428 on amend, override and approve: the revision may come as If-Match or as
 #       expected_revision, and one of them is required; 400 there: when both come they must
 #       agree. OpenAPI cannot relate a header to a body field.
-#   422 on replay: candidate rules, params and schema patches must load as a tool.
+#   422 on replay: candidate rules, params and schema patches must load as a tool; and on replay
+#       and export: a level the tool never had, or a `to` before `from`, is refused (the
+#       description cannot relate a level to a tool, nor two parameters to each other).
+#   422 on decline: a reason of only spaces; 403 there: a practitioner may withdraw only an
+#       override they asked for.
 #   400 on disparity: `to` before `from` is refused; JSON Schema cannot relate two fields.
 cat >>"$WORK/schemathesis.toml" <<'TOML'
 
@@ -168,7 +172,11 @@ include-operation-id = "decision_approve"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "428"]
 
 [[operations]]
-include-operation-id = "audit_replay"
+include-operation-id = "decision_decline"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422", "428"]
+
+[[operations]]
+include-operation-id = ["audit_replay", "audit_export"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
 
 [[operations]]
@@ -181,8 +189,9 @@ operations() {
   case "$1" in
     practitioner) echo health ready metrics openapi tools_list tool_get tool_evaluate case_journey \
                        case_decisions_list decision_get revisions_list \
-                       decision_submit decision_amend decision_override ;;
-    supervisor) echo decision_submit decision_amend decision_override decision_approve dashboard_get ;;
+                       decision_submit decision_amend decision_override decision_decline ;;
+    supervisor) echo decision_submit decision_amend decision_override decision_approve \
+                     decision_decline dashboard_get ;;
     auditor) echo versions_list version_get audit_replay audit_export audit_verify audit_disparity \
                   dashboard_get ;;
     admin) echo versions_list version_get catalog_reload tokens_list token_create token_revoke ;;
