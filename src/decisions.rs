@@ -743,13 +743,9 @@ fn journey(
         last.see(catalog, standing);
     }
     let closed = last.closed().cloned();
-    let stage_of = |id: &str| match catalog.get(id).map(|t| t.meta.stage) {
-        Some(Stage::Case(n)) => Some(n),
-        _ => None,
-    };
     let stage = latest
         .keys()
-        .filter_map(|id| stage_of(id))
+        .filter_map(|id| case_stage(catalog, id))
         .max()
         .unwrap_or(0);
     let not_done = |stage: u8| -> Vec<String> {
@@ -760,37 +756,33 @@ fn journey(
             .collect()
     };
     let mut due: Vec<Due> = Vec::new();
-    // An agency's own assessments, recorded under its id, are no child's case: nothing of the
-    // case journey is due for them.
+    // An agency's own assessments, recorded under its id, are no child's case: no tool of the
+    // case journey is due for them. Nor for a closed case.
     let organisational = !decisions.is_empty()
         && decisions
             .iter()
             .all(|d| is_organisational(catalog, &d.latest.tool.id));
-    let nothing_due = organisational || closed.is_some();
-    let mut missing = if nothing_due {
-        Vec::new()
-    } else {
-        not_done(stage)
-    };
-    if missing.is_empty() && stage < 7 && !nothing_due {
-        missing = not_done(stage + 1);
+    let mut missing = Vec::new();
+    if !organisational && closed.is_none() {
+        missing = not_done(stage);
+        if missing.is_empty() && stage < 7 {
+            missing = not_done(stage + 1);
+        }
     }
     due.extend(missing.into_iter().map(|tool| Due {
         tool,
         why: "not-done".into(),
         since: None,
     }));
-    for (tool, (entry, review_due)) in latest.iter().filter(|_| closed.is_none()) {
-        if let Some(at) = review_due {
-            if *at <= now {
-                due.push(Due {
-                    tool: tool.clone(),
-                    why: "review-overdue".into(),
-                    since: entry.review_due.clone(),
-                });
-            }
-        }
-    }
+    // A closed case has no reviews due.
+    let reviews = latest.iter().take_while(|_| closed.is_none());
+    due.extend(reviews.filter_map(|(tool, (entry, review_due))| {
+        review_due.filter(|at| *at <= now).map(|_| Due {
+            tool: tool.clone(),
+            why: "review-overdue".into(),
+            since: entry.review_due.clone(),
+        })
+    }));
     Journey {
         case: case_id.to_owned(),
         stage,
