@@ -163,14 +163,19 @@ pub async fn audit_export(
     filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(filter) = filter.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    export::check_filter(state.decisions.store().as_ref(), &filter).map_err(|e| match e {
-        export::FilterError::UnknownTool(tool) => ApiError::UnknownTool(tool),
-        export::FilterError::Malformed { field, message } => ApiError::invalid(field, message),
-        export::FilterError::Invalid { field, message } => {
-            ApiError::InvalidFilter { field, message }
-        }
-        export::FilterError::Store(e) => e.into(),
-    })?;
+    // Reads the tool's versions and their snapshots: off the async threads.
+    let (decisions, checked) = (state.decisions.clone(), filter.clone());
+    tokio::task::spawn_blocking(move || export::check_filter(decisions.store().as_ref(), &checked))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            export::FilterError::UnknownTool(tool) => ApiError::UnknownTool(tool),
+            export::FilterError::Malformed { field, message } => ApiError::invalid(field, message),
+            export::FilterError::Invalid { field, message } => {
+                ApiError::InvalidFilter { field, message }
+            }
+            export::FilterError::Store(e) => e.into(),
+        })?;
     // A blocking thread walks the store and hands the body chunks of about 64 KiB; the channel
     // is small, so a slow client slows the walk instead of filling memory.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
