@@ -178,8 +178,8 @@ impl Decisions {
 
     /// Re-evaluates a decision with new input, using the tool version served now. A new
     /// assessment stands alone, with one exception: an approved override in force stays in force
-    /// while it holds the level above the new assessment's ([`carried_override`]), so an
-    /// amendment by one person never lowers a level two people agreed. A pending override is
+    /// while the new assessment is not more serious ([`carried_override`]), so an amendment by
+    /// one person never lowers a level two people agreed. A pending override is
     /// dropped: it was asked for against a different outcome.
     pub async fn amend(
         &self,
@@ -457,13 +457,14 @@ fn carry_over(latest: Revision) -> Draft {
 }
 
 /// The override an amendment of `latest` keeps: the approved override in force, when the
-/// amended assessment's level `assessed` is less serious than it (lowering the level needs a
-/// second person, as any change of level does). When the new assessment is at least as serious
-/// it stands alone; an override at a level the tool no longer declares is dropped.
+/// amended assessment's level `assessed` is not more serious than it (lowering the level needs a
+/// second person, as any change of level does; kept at an equal level too, or a second
+/// amendment could lower it). When the new assessment is more serious it stands alone; an
+/// override at a level the tool no longer declares is dropped.
 fn carried_override(meta: &ToolMeta, latest: &Revision, assessed: &str) -> Option<Override> {
     let approved = latest.override_in_force()?;
     let rank = |level: &str| meta.outcomes.iter().position(|o| o.level == level);
-    (rank(&approved.level)? > rank(assessed)?).then(|| Override {
+    (rank(&approved.level)? >= rank(assessed)?).then(|| Override {
         replaces: None,
         ..approved.clone()
     })

@@ -93,7 +93,7 @@ fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violatio
     };
     match value {
         Value::Number(n) if !exact(n) => say(format!(
-            "{n} is too large to be stored exactly: numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
+            "is too large to be stored exactly: numbers must be between -{MAX_EXACT_INTEGER} and {MAX_EXACT_INTEGER}"
         )),
         Value::String(s) if s.len() > bounds.text_bytes => say(format!(
             "is {} bytes long; the longest text a tool can read is {} bytes",
@@ -489,10 +489,8 @@ mod tests {
         let v = f.violations(&beyond);
         let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
         assert_eq!(paths, ["/age", "/people/0/n~1x"], "{v:?}");
-        assert!(
-            v[0].message.contains("9007199254740992 is too large"),
-            "{v:?}"
-        );
+        assert!(v[0].message.starts_with("is too large"), "{v:?}");
+        assert!(!v[0].message.contains("9007199254740992"), "{v:?}");
         // A fraction is within the range whenever it is a fraction at all.
         assert!(f.is_valid(&json!({"age": 3, "people": [{"name": "a", "x": 0.1}]})));
     }

@@ -1106,6 +1106,22 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     assert_eq!(amended["level"], "medium", "{amended}");
     assert_eq!(amended["override"]["status"], "approved", "{amended}");
 
+    // Nor do two amendments in a row: one at the agreed level, then one below it.
+    for (revision, level) in [(4, "medium"), (5, "low")] {
+        let again = app
+            .change(
+                id,
+                "revisions",
+                Role::Practitioner,
+                revision,
+                &json!({"input": input_at(TOOL, level)}),
+            )
+            .await;
+        let again = json_of(again, StatusCode::CREATED).await;
+        assert_eq!(again["tool_level"], level);
+        assert_eq!(again["level"], "medium", "{again}");
+    }
+
     // A form the tool places above the agreed level stands alone: more serious needs no one's
     // approval.
     let high = input_at(TOOL, "high");
@@ -1114,7 +1130,7 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
             id,
             "revisions",
             Role::Practitioner,
-            4,
+            6,
             &json!({"input": high}),
         )
         .await;
