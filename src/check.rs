@@ -116,6 +116,31 @@ impl Report {
             && self.tools.iter().all(ToolReport::passed)
     }
 
+    /// What a deploy must not go live with: every case that failed and every case file that
+    /// could not be read, as `(where, what)`. Coverage gaps (a level no case reaches) are for
+    /// `check` to report, not a reason to refuse a catalog.
+    pub fn broken_cases(&self) -> Vec<(String, String)> {
+        let failed = self.tools.iter().flat_map(|tool| {
+            tool.cases.iter().filter(|c| !c.passed()).map(move |c| {
+                (
+                    c.file.display().to_string(),
+                    format!(
+                        "{} [{}]: case {:?} fails: {}",
+                        tool.id,
+                        tool.source,
+                        c.name,
+                        c.failures.join("; ")
+                    ),
+                )
+            })
+        });
+        let unreadable = self
+            .case_errors
+            .iter()
+            .map(|e| (e.location(), e.message.clone()));
+        failed.chain(unreadable).collect()
+    }
+
     /// The report of the core version of `id`.
     pub fn tool(&self, id: &str) -> Option<&ToolReport> {
         self.tools.iter().find(|t| t.id == id && t.source == "core")

@@ -32,7 +32,7 @@ pub struct Reloaded {
         (status = 200, description = "The new catalog is in force", body = Reloaded),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The new catalog has problems; the old one keeps serving", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new catalog does not load, or one of its cases fails; the old one keeps serving", body = super::Problem, content_type = "application/problem+json"),
         super::WriteProblems,
 ))]
 pub async fn catalog_reload(
@@ -43,21 +43,33 @@ pub async fn catalog_reload(
     // force: the last reload answered is the catalog served.
     let _reloading = state.reloads.lock().await;
     let root = state.tools_dir.clone();
-    // Loading compiles every schema and script: seconds of CPU at worst, off the async threads.
-    let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let catalog = loaded.map_err(|errors| {
-        ApiError::CatalogInvalid(
+    // Loading compiles every schema and script, and the cases run against what loaded: seconds
+    // of CPU at worst, off the async threads.
+    let loaded = tokio::task::spawn_blocking(move || {
+        let catalog = Catalog::load(&root)?;
+        Ok((catalog, crate::check::run(&root, None).broken_cases()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let violations = |problems: Vec<(String, String)>| {
+        let violations = problems
+            .into_iter()
+            .map(|(path, message)| Violation { path, message })
+            .collect();
+        ApiError::CatalogInvalid(violations)
+    };
+    let (catalog, broken_cases) = loaded.map_err(|errors: Vec<crate::catalog::LoadError>| {
+        violations(
             errors
                 .into_iter()
-                .map(|e| Violation {
-                    path: e.location(),
-                    message: e.message,
-                })
+                .map(|e| (e.location(), e.message))
                 .collect(),
         )
     })?;
+    // A catalog whose own cases fail does not go live: they pin what it decides.
+    if !broken_cases.is_empty() {
+        return Err(violations(broken_cases));
+    }
     let old = state.decisions.catalog();
     let mut changed: Vec<String> = catalog
         .tools()

@@ -734,6 +734,67 @@ async fn a_reload_under_concurrent_evaluate_traffic_fails_no_request() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps_serving() {
+    let root = recalibrated(7);
+    let app = spawn_app_with(root.path()).await;
+    let input = scoring(7);
+    let before = evaluation(&app, TOOL, &input).await;
+    // The plugin moves medium to 8 but keeps a case that pins a score of 7 at medium.
+    let pinned = json!({
+        "name": "a score of 7 is medium here",
+        "input": input,
+        "expect": {"level": "medium"}
+    });
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &medium_at(8),
+        &[(
+            &format!("cases/{TOOL}/seven-is-medium.json"),
+            &pinned.to_string(),
+        )],
+    );
+
+    let body = problem(
+        app.reload().await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/catalog-invalid",
+    )
+    .await;
+
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert!(
+        errors[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("seven-is-medium.json"),
+        "{body}"
+    );
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("a score of 7 is medium here"), "{message}");
+    assert_eq!(
+        evaluation(&app, TOOL, &input).await,
+        before,
+        "the old catalog serves"
+    );
+    // With the case brought in line, the same plugin goes live.
+    let fixed =
+        json!({"name": "a score of 7 is low here", "input": input, "expect": {"level": "low"}});
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &medium_at(8),
+        &[(
+            &format!("cases/{TOOL}/seven-is-medium.json"),
+            &fixed.to_string(),
+        )],
+    );
+    json_of(app.reload().await, StatusCode::OK).await;
+    assert_eq!(evaluation(&app, TOOL, &input).await["level"], "low");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_overlapping_reloads_the_files_read_last_are_the_catalog_left_in_force() {
     let root = recalibrated(7);
@@ -751,7 +812,7 @@ async fn of_overlapping_reloads_the_files_read_last_are_the_catalog_left_in_forc
             }
         });
     }
-    for round in 0..30u64 {
+    for round in 0..12u64 {
         write_plugin(root.path(), PLUGIN, &medium_at(7), &[]);
         let first = {
             let app = Arc::clone(&app);
