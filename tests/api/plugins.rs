@@ -740,21 +740,21 @@ async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps
     let app = spawn_app_with(root.path()).await;
     let input = scoring(7);
     let before = evaluation(&app, TOOL, &input).await;
-    // The plugin moves medium to 8 but keeps a case that pins a score of 7 at medium.
-    let pinned = json!({
-        "name": "a score of 7 is medium here",
-        "input": input,
-        "expect": {"level": "medium"}
-    });
-    write_plugin(
-        root.path(),
-        PLUGIN,
-        &medium_at(8),
-        &[(
-            &format!("cases/{TOOL}/seven-is-medium.json"),
-            &pinned.to_string(),
-        )],
-    );
+    // The plugin moves medium to 8 with one case, which pins a score of 7 at `level`.
+    let medium_at_8_with_a_case = |level: &str| {
+        let case = json!({
+            "name": format!("a score of 7 is {level} here"),
+            "input": input,
+            "expect": {"level": level}
+        });
+        write_plugin(
+            root.path(),
+            PLUGIN,
+            &medium_at(8),
+            &[(&format!("cases/{TOOL}/seven.json"), &case.to_string())],
+        );
+    };
+    medium_at_8_with_a_case("medium");
 
     let body = problem(
         app.reload().await,
@@ -766,10 +766,7 @@ async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps
     let errors = body["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{body}");
     assert!(
-        errors[0]["path"]
-            .as_str()
-            .unwrap()
-            .ends_with("seven-is-medium.json"),
+        errors[0]["path"].as_str().unwrap().ends_with("seven.json"),
         "{body}"
     );
     let message = errors[0]["message"].as_str().unwrap();
@@ -780,17 +777,7 @@ async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps
         "the old catalog serves"
     );
     // With the case brought in line, the same plugin goes live.
-    let fixed =
-        json!({"name": "a score of 7 is low here", "input": input, "expect": {"level": "low"}});
-    write_plugin(
-        root.path(),
-        PLUGIN,
-        &medium_at(8),
-        &[(
-            &format!("cases/{TOOL}/seven-is-medium.json"),
-            &fixed.to_string(),
-        )],
-    );
+    medium_at_8_with_a_case("low");
     json_of(app.reload().await, StatusCode::OK).await;
     assert_eq!(evaluation(&app, TOOL, &input).await["level"], "low");
 }
