@@ -158,16 +158,30 @@ impl Report {
 /// plugin cases pin what the agency serves, so they run against the catalog with every plugin
 /// applied, for each tool a plugin added or changed.
 pub fn run(root: &Path, only: Option<&str>) -> Report {
+    let (served, load_errors) = Catalog::load_partial(root, Limits::default());
+    run_on(root, only, &served, load_errors)
+}
+
+/// The cases under `root` against `served`, a catalog already loaded from it (a reload checks
+/// the very catalog it would put in force, not a second reading of the files).
+pub fn run_against(root: &Path, served: &Catalog) -> Report {
+    run_on(root, None, served, Vec::new())
+}
+
+fn run_on(
+    root: &Path,
+    only: Option<&str>,
+    served: &Catalog,
+    load_errors: Vec<LoadError>,
+) -> Report {
     let mut report = Report {
         root: root.to_owned(),
         unknown_tool: None,
-        load_errors: Vec::new(),
+        load_errors,
         case_errors: Vec::new(),
         tools: Vec::new(),
     };
     let (core, _) = Catalog::load_partial_with(root, Limits::default(), false);
-    let (served, load_errors) = Catalog::load_partial(root, Limits::default());
-    report.load_errors = load_errors;
     if let Some(id) = only {
         if served.get(id).is_none() && !served.failed_to_load(id) {
             let known = served.tools().map(|t| t.id().to_owned()).collect();
@@ -188,7 +202,7 @@ pub fn run(root: &Path, only: Option<&str>) -> Report {
 
     let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
     for dir in plugin_case_dirs(root) {
-        for (id, mut more) in read_cases(&dir, &served, &mut report.case_errors) {
+        for (id, mut more) in read_cases(&dir, served, &mut report.case_errors) {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
     }

@@ -392,13 +392,9 @@ impl Decisions {
     }
 
     /// The `x-tool` of the version that made a decision: from the catalog when it still serves
-    /// that digest, else from the stored snapshot.
+    /// that digest, else from the stored snapshot. Cached by digest (a digest names one content for
+    /// ever): a decision read under an override asks for it every time.
     fn meta_of(&self, tool: &ToolRef) -> DecisionResult<Arc<ToolMeta>> {
-        if let Some(current) = self.catalog().get(&tool.id) {
-            if current.digest == tool.digest {
-                return Ok(Arc::new(current.meta.clone()));
-            }
-        }
         if let Some(meta) = self
             .metas
             .lock()
@@ -407,14 +403,20 @@ impl Decisions {
         {
             return Ok(Arc::clone(meta));
         }
-        let snapshot = self.store.snapshot(&tool.digest)?.ok_or_else(|| {
-            DecisionError::Store(StoreError::Corrupt(format!(
-                "no snapshot stored for {}",
-                tool.digest
-            )))
-        })?;
-        let meta: ToolMeta = serde_json::from_value(snapshot["schema"]["x-tool"].clone())
-            .map_err(|e| DecisionError::Store(StoreError::Corrupt(e.to_string())))?;
+        let served = self.catalog().get(&tool.id).cloned();
+        let meta = match served.filter(|current| current.digest == tool.digest) {
+            Some(current) => current.meta.clone(),
+            None => {
+                let snapshot = self.store.snapshot(&tool.digest)?.ok_or_else(|| {
+                    DecisionError::Store(StoreError::Corrupt(format!(
+                        "no snapshot stored for {}",
+                        tool.digest
+                    )))
+                })?;
+                crate::catalog::snapshot_meta(&snapshot)
+                    .map_err(|e| DecisionError::Store(StoreError::Corrupt(e.to_string())))?
+            }
+        };
         let meta = Arc::new(meta);
         self.metas
             .lock()

@@ -47,7 +47,8 @@ pub async fn catalog_reload(
     // of CPU at worst, off the async threads.
     let loaded = tokio::task::spawn_blocking(move || {
         let catalog = Catalog::load(&root)?;
-        Ok((catalog, crate::check::run(&root, None).broken_cases()))
+        let broken = crate::check::run_against(&root, &catalog).broken_cases();
+        Ok((catalog, broken))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -120,12 +120,8 @@ impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
-        let empty = request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() == b"0")
-            || axum::body::HttpBody::size_hint(request.body()).exact() == Some(0);
-        if empty {
+        // A body known to be empty (`Content-Length: 0`, or none sent) says so in its size hint.
+        if axum::body::HttpBody::size_hint(request.body()).exact() == Some(0) {
             return Ok(None);
         }
         let read = <axum::Json<T> as OptionalFromRequest<AppState>>::from_request(request, state);

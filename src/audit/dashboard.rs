@@ -121,9 +121,8 @@ pub fn dashboard(
 
     for standing in decisions {
         let due = standing.review_due(catalog);
-        entry(&mut cases, &standing.latest.case_id)
-            .last
-            .see(catalog, &standing);
+        let case = entry(&mut cases, &standing.latest.case_id);
+        case.last.see(catalog, &standing);
         let Standing {
             latest: revision,
             assessed_at,
@@ -147,7 +146,6 @@ pub fn dashboard(
         tally.pending += u64::from(is_pending);
         tally.declined += u64::from(status == Some(OverrideStatus::Declined));
 
-        let case = entry(&mut cases, &revision.case_id);
         case.child |= !is_organisational(catalog, &revision.tool.id);
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
             case.stage = case.stage.max(stage);

@@ -132,12 +132,11 @@ pub fn check_filter(store: &dyn Store, filter: &Filter) -> Result<(), FilterErro
         let Some(snapshot) = store.snapshot(&version.digest)? else {
             continue;
         };
-        let outcomes = snapshot["schema"]["x-tool"]["outcomes"].as_array().cloned();
-        for outcome in outcomes.unwrap_or_default() {
-            if let Some(l) = outcome["level"].as_str() {
-                if !declared.iter().any(|d| d == l) {
-                    declared.push(l.to_owned());
-                }
+        let meta = crate::catalog::snapshot_meta(&snapshot)
+            .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", version.digest)))?;
+        for outcome in meta.outcomes {
+            if !declared.contains(&outcome.level) {
+                declared.push(outcome.level);
             }
         }
     }

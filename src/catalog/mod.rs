@@ -453,6 +453,11 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
     })
 }
 
+/// The `x-tool` of a stored version, from its snapshot, without compiling the tool.
+pub fn snapshot_meta(snapshot: &Value) -> Result<ToolMeta, serde_json::Error> {
+    ToolMeta::deserialize(&snapshot["schema"]["x-tool"])
+}
+
 /// Rebuilds the exact tool version a stored snapshot describes: what replay runs when it
 /// re-runs a decision with the version that made it.
 pub fn rebuild(snapshot: &Value, limits: Limits) -> Result<Tool, Vec<LoadError>> {
