@@ -15,8 +15,8 @@ use crate::auth::Role;
 use crate::catalog::{digest, Catalog, Direction, NamedStage, OutcomeDecl, Stage, Tool, ToolMeta};
 use crate::rules::EvalError;
 use crate::store::{
-    Actor, Appended, Declined, Draft, IdempotencyKey, Override, OverrideStatus, Precondition,
-    Revision, RevisionKind, Store, StoreError, ToolRef,
+    Actor, Appended, Assessment, Declined, Draft, IdempotencyKey, Override, OverrideStatus,
+    Precondition, Revision, RevisionKind, Store, StoreError, ToolRef,
 };
 
 /// Why a decision operation was refused.
@@ -585,23 +585,33 @@ pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
 #[derive(Debug, Clone)]
 pub struct Standing {
     pub latest: Revision,
-    /// RFC 3339, as `recorded_at`.
-    pub assessed_at: String,
+    /// The assessment behind it: its time, and its place in the journal, which orders two
+    /// assessments recorded in the same millisecond.
+    pub assessed: Assessment,
 }
 
 impl Standing {
     pub fn of(store: &dyn Store, latest: Revision) -> Result<Self, StoreError> {
         Ok(Standing {
-            assessed_at: store.assessed_at(&latest)?,
+            assessed: store.assessment(&latest)?,
             latest,
         })
+    }
+
+    /// Whether it replaces `current` as the latest decision of its tool in its case (or as the
+    /// case's latest assessment): the later assessment wins. Assessments are ordered by their
+    /// place in the journal, which agrees with their times and also orders two recorded in the
+    /// same millisecond, so the answer depends neither on the order decisions are read in nor
+    /// on the clock's resolution.
+    pub(crate) fn supersedes(&self, current_seq: u64) -> bool {
+        self.assessed.seq >= current_seq
     }
 
     /// When the decision is due for review: its assessment's time plus its tool's
     /// `review_after_days` as served now; overdue once this is at or before now.
     pub(crate) fn review_due(&self, catalog: &Catalog) -> Option<chrono::DateTime<chrono::Utc>> {
         let days = catalog.get(&self.latest.tool.id)?.meta.review_after_days?;
-        let at = chrono::DateTime::parse_from_rfc3339(&self.assessed_at).ok()?;
+        let at = chrono::DateTime::parse_from_rfc3339(&self.assessed.at).ok()?;
         Some(at.with_timezone(&chrono::Utc) + chrono::Duration::days(days.into()))
     }
 }
@@ -613,8 +623,8 @@ impl Standing {
 /// dashboard both read closure from here.
 #[derive(Debug, Default)]
 pub(crate) struct LastAssessment {
-    /// `(assessed_at, decision id)` of the latest, and its closure.
-    last: Option<((String, String), Option<Closed>)>,
+    /// The journal place of the latest, and its closure.
+    last: Option<(u64, Option<Closed>)>,
 }
 
 impl LastAssessment {
@@ -626,9 +636,10 @@ impl LastAssessment {
         if !matches!(tool.meta.stage, Stage::Case(_)) {
             return;
         }
-        let later = self.last.as_ref().is_none_or(|((at, id), _)| {
-            supersedes((&standing.assessed_at, &d.decision_id), (at, id))
-        });
+        let later = self
+            .last
+            .as_ref()
+            .is_none_or(|(seq, _)| standing.supersedes(*seq));
         if !later {
             return;
         }
@@ -637,25 +648,15 @@ impl LastAssessment {
             decision_id: d.decision_id.clone(),
             tool: d.tool.id.clone(),
             level: level.to_owned(),
-            since: standing.assessed_at.clone(),
+            since: standing.assessed.at.clone(),
         });
-        self.last = Some((
-            (standing.assessed_at.clone(), d.decision_id.clone()),
-            closure,
-        ));
+        self.last = Some((standing.assessed.seq, closure));
     }
 
     /// The closure in force: the latest assessment closes the case.
     pub(crate) fn closed(&self) -> Option<&Closed> {
         self.last.as_ref().and_then(|(_, closure)| closure.as_ref())
     }
-}
-
-/// Whether a decision `(assessed_at, id)` replaces another as the latest of its tool in its
-/// case: the later assessment wins, and a tie goes to the later id (ids are UUIDv7, which sort
-/// by creation), so the answer does not depend on the order decisions are read in.
-pub(crate) fn supersedes(candidate: (&str, &str), current: (&str, &str)) -> bool {
-    candidate >= current
 }
 
 /// Where a case stands in the journey.
@@ -712,33 +713,36 @@ pub struct Due {
 /// The journey of a case: the current stage is the furthest stage with a decision; due are the
 /// current stage's tools without one (or, when they are all done, the next stage's), and every
 /// decision past its tool's `review_after_days`.
-fn journey(
+pub(crate) fn journey(
     case_id: &str,
     decisions: &[Standing],
     catalog: &Catalog,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Journey {
-    let mut latest: BTreeMap<String, (JourneyDecision, Option<chrono::DateTime<chrono::Utc>>)> =
-        BTreeMap::new();
+    // By tool: the journal place of its latest assessment, that decision, and its review date.
+    let mut latest: BTreeMap<
+        String,
+        (u64, JourneyDecision, Option<chrono::DateTime<chrono::Utc>>),
+    > = BTreeMap::new();
     for standing in decisions {
         let d = &standing.latest;
         let review_due = standing.review_due(catalog);
-        let newer = latest.get(&d.tool.id).is_none_or(|(e, _)| {
-            supersedes(
-                (&standing.assessed_at, &d.decision_id),
-                (&e.assessed_at, &e.decision_id),
-            )
-        });
+        let newer = latest
+            .get(&d.tool.id)
+            .is_none_or(|(seq, ..)| standing.supersedes(*seq));
         let entry = JourneyDecision {
             decision_id: d.decision_id.clone(),
             revision: d.revision,
             level: d.effective_level().to_owned(),
             recorded_at: d.recorded_at.clone(),
-            assessed_at: standing.assessed_at.clone(),
+            assessed_at: standing.assessed.at.clone(),
             review_due: review_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         };
         if newer {
-            latest.insert(d.tool.id.clone(), (entry, review_due));
+            latest.insert(
+                d.tool.id.clone(),
+                (standing.assessed.seq, entry, review_due),
+            );
         }
     }
     let mut last = LastAssessment::default();
@@ -779,7 +783,7 @@ fn journey(
     }));
     // A closed case has no reviews due.
     let reviews = latest.iter().take_while(|_| closed.is_none());
-    due.extend(reviews.filter_map(|(tool, (entry, review_due))| {
+    due.extend(reviews.filter_map(|(tool, (_, entry, review_due))| {
         review_due.filter(|at| *at <= now).map(|_| Due {
             tool: tool.clone(),
             why: "review-overdue".into(),
@@ -789,7 +793,7 @@ fn journey(
     Journey {
         case: case_id.to_owned(),
         stage,
-        latest: latest.into_iter().map(|(k, (e, _))| (k, e)).collect(),
+        latest: latest.into_iter().map(|(k, (_, e, _))| (k, e)).collect(),
         due,
         closed,
     }

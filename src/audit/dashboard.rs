@@ -123,10 +123,8 @@ pub fn dashboard(
         let due = standing.review_due(catalog);
         let case = entry(&mut cases, &standing.latest.case_id);
         case.last.see(catalog, &standing);
-        let Standing {
-            latest: revision,
-            assessed_at,
-        } = standing;
+        let assessed_seq = standing.assessed.seq;
+        let revision = standing.latest;
         let level = revision.effective_level().to_owned();
         let overridden = revision.override_.is_some();
         let status = revision.override_.as_ref().map(|o| o.status);
@@ -152,13 +150,14 @@ pub fn dashboard(
         }
         if let Some(due) = due {
             let candidate = LatestOfTool {
-                assessed_at,
+                assessed_seq,
                 decision_id: revision.decision_id.clone(),
                 due,
             };
             match case.reviews.get_mut(&revision.tool.id) {
                 Some(current) => {
-                    if supersedes(&candidate, current) {
+                    // The later assessment wins, as in the case journey (`Standing::supersedes`).
+                    if candidate.assessed_seq >= current.assessed_seq {
                         *current = candidate;
                     }
                 }
@@ -297,20 +296,10 @@ struct CaseTally {
 
 #[derive(Debug)]
 struct LatestOfTool {
-    assessed_at: String,
+    /// The journal place of its assessment.
+    assessed_seq: u64,
     decision_id: String,
     due: DateTime<Utc>,
-}
-
-/// Whether `candidate` replaces `current` as the latest decision of its tool in its case: as in
-/// the case journey, the later assessment wins and a tie goes to the later decision (the
-/// greater id: decision ids are UUIDv7, which sort by creation), so the answer does not depend
-/// on the order decisions arrive in.
-fn supersedes(candidate: &LatestOfTool, current: &LatestOfTool) -> bool {
-    crate::decisions::supersedes(
-        (&candidate.assessed_at, &candidate.decision_id),
-        (&current.assessed_at, &current.decision_id),
-    )
 }
 
 /// When a decision's first revision was recorded, as far as its latest revision tells: exactly
@@ -367,7 +356,7 @@ mod tests {
     use super::*;
     use crate::auth::Role;
     use crate::rules::Outcome;
-    use crate::store::{Declined, Override, RevisionKind, ToolRef};
+    use crate::store::{Assessment, Declined, Override, RevisionKind, ToolRef};
 
     /// `(id, stage, review_after_days)` of the test catalog; every tool has levels low, medium,
     /// high and decides the form's `level` (low when absent).
@@ -470,9 +459,12 @@ mod tests {
             prev_hash: String::new(),
             hash: String::new(),
         };
+        // The store's journal order agrees with time order: the fixture's place in the journal
+        // is its time.
+        let seq = DateTime::parse_from_rfc3339(at).unwrap().timestamp_millis() as u64;
         Standing {
             latest,
-            assessed_at: at.into(),
+            assessed: Assessment { seq, at: at.into() },
         }
     }
 
@@ -796,29 +788,38 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_decision_does_not_depend_on_arrival_order() {
+    fn the_latest_decision_does_not_depend_on_arrival_order_or_the_clock() {
         let (_dir, catalog) = catalog();
+        // Two assessments in the same millisecond: a new decision, then an amendment of an
+        // older one (the smaller id) recorded after it in the journal. The journal decides.
         let at = "2026-10-01T08:00:00.000Z";
-        let a = rev(
-            "0190a000-0000-7000-8000-000000000001",
-            "c",
-            "assess",
-            "low",
-            at,
-        );
-        let b = rev(
+        let mut first = rev(
             "0190a000-0000-7000-8000-000000000002",
             "c",
             "assess",
             "low",
             at,
         );
-        for order in [vec![a.clone(), b.clone()], vec![b, a]] {
+        first.assessed.seq = 10;
+        let mut amended = rev(
+            "0190a000-0000-7000-8000-000000000001",
+            "c",
+            "assess",
+            "low",
+            at,
+        );
+        amended.assessed.seq = 11;
+        for order in [vec![first.clone(), amended.clone()], vec![amended, first]] {
+            let journey = crate::decisions::journey("c", &order, &catalog, Utc::now());
+            assert_eq!(
+                journey.latest["assess"].decision_id,
+                "0190a000-0000-7000-8000-000000000001"
+            );
             let d = run(&catalog, order);
             assert_eq!(d.reviews_overdue.len(), 1);
             assert_eq!(
                 d.reviews_overdue[0].decision_id,
-                "0190a000-0000-7000-8000-000000000002"
+                "0190a000-0000-7000-8000-000000000001"
             );
         }
     }

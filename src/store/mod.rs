@@ -268,6 +268,16 @@ pub fn decode_revision(bytes: &[u8]) -> StoreResult<Revision> {
     Entry::split(bytes)?.decode()
 }
 
+/// Where and when an assessment was recorded. Journal order and time order agree (a revision's
+/// `recorded_at` is never before an earlier one's), so `seq` orders assessments, ties in time
+/// included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    pub seq: u64,
+    /// RFC 3339, as `recorded_at`.
+    pub at: String,
+}
+
 /// The decision store.
 pub trait Store: Send + Sync + 'static {
     /// Appends `draft` under `precondition`; resolves once the revision is durable on disk.
@@ -276,10 +286,10 @@ pub trait Store: Send + Sync + 'static {
     fn latest(&self, decision_id: &str) -> StoreResult<Option<Revision>>;
     /// Every revision of a decision, oldest first.
     fn history(&self, decision_id: &str) -> StoreResult<Vec<Revision>>;
-    /// When the assessment behind `revision` was made: the time of the decision's latest
-    /// submitted or amended revision up to `revision` (an override or an approval changes the
-    /// level in force, not the assessment). `revision`'s own time when it is one.
-    fn assessed_at(&self, revision: &Revision) -> StoreResult<String>;
+    /// The assessment behind `revision`: the decision's latest submitted or amended revision up
+    /// to `revision` (an override or an approval changes the level in force, not the
+    /// assessment); `revision` itself when it is one.
+    fn assessment(&self, revision: &Revision) -> StoreResult<Assessment>;
     /// The latest revision of every decision of a case, oldest decision first.
     fn case_decisions(&self, case_id: &str) -> StoreResult<Vec<Revision>>;
     /// A tool version's snapshot, by digest.

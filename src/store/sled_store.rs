@@ -53,8 +53,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{encode_entry, Placement, Prepared, GENESIS_HASH};
 use super::{
-    decode_revision, AppendFuture, Appended, Draft, Head, Precondition, Revision, Store,
-    StoreError, StoreResult,
+    decode_revision, AppendFuture, Appended, Assessment, Draft, Head, Precondition, Revision,
+    Store, StoreError, StoreResult,
 };
 use crate::auth::TokenRecord;
 
@@ -157,6 +157,7 @@ impl SledStore {
             data_file,
             head,
             last_millis: last_indexed_millis(&db)?,
+            clock: ClockWatch::default(),
             known_snapshots,
             usage: HashMap::new(),
             failure: failure.clone(),
@@ -261,9 +262,12 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn assessed_at(&self, revision: &Revision) -> StoreResult<String> {
+    fn assessment(&self, revision: &Revision) -> StoreResult<Assessment> {
         if revision.is_assessment() {
-            return Ok(revision.recorded_at.clone());
+            return Ok(Assessment {
+                seq: revision.seq,
+                at: revision.recorded_at.clone(),
+            });
         }
         // Back from `revision` through the decision index (keyed by revision number) to the
         // nearest assessment; a decision's first revision always is one.
@@ -272,7 +276,10 @@ impl Store for SledStore {
         for seq in self.db.range(prefix..end).values().rev() {
             let earlier = self.revision_at(&seq?)?;
             if earlier.is_assessment() {
-                return Ok(earlier.recorded_at);
+                return Ok(Assessment {
+                    seq: earlier.seq,
+                    at: earlier.recorded_at,
+                });
             }
         }
         Err(StoreError::Corrupt(format!(
@@ -666,6 +673,41 @@ fn phase_done(phase: &'static str, began: Instant) -> Instant {
     now
 }
 
+/// How far the clock may read before the last revision's time before it is said (see
+/// `Writer::watch_clock`): more than any two revisions of one batch are apart.
+const CLOCK_SLACK_MILLIS: i64 = 1_000;
+
+/// Whether the clock reads well before the last revision's time, so that is said once when it
+/// starts and once when it ends, not at every revision.
+#[derive(Debug, Default)]
+struct ClockWatch {
+    behind: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ClockNews {
+    /// The clock now reads more than [`CLOCK_SLACK_MILLIS`] before the last revision's time.
+    Behind,
+    /// It has passed that time again.
+    CaughtUp,
+}
+
+impl ClockWatch {
+    /// What changed, now that the clock reads `behind_millis` before the last revision's time
+    /// (negative: after it).
+    fn see(&mut self, behind_millis: i64) -> Option<ClockNews> {
+        if !self.behind && behind_millis > CLOCK_SLACK_MILLIS {
+            self.behind = true;
+            Some(ClockNews::Behind)
+        } else if self.behind && behind_millis <= 0 {
+            self.behind = false;
+            Some(ClockNews::CaughtUp)
+        } else {
+            None
+        }
+    }
+}
+
 /// The writer thread's state: the only code that writes revisions.
 struct Writer {
     db: sled::Db,
@@ -673,6 +715,7 @@ struct Writer {
     data_file: File,
     head: Head,
     last_millis: i64,
+    clock: ClockWatch,
     known_snapshots: HashSet<String>,
     /// Usage of each tool version, as last written, keyed like the store's `u` records.
     usage: HashMap<Vec<u8>, super::VersionInfo>,
@@ -816,6 +859,7 @@ impl Writer {
 
         let seq = self.head.seq + 1;
         let now = chrono::Utc::now();
+        self.watch_clock(now.timestamp_millis());
         // Journal order and time order must agree even if the clock steps back.
         let millis = now.timestamp_millis().max(self.last_millis);
         let recorded_at = chrono::DateTime::from_timestamp_millis(millis)
@@ -913,6 +957,29 @@ impl Writer {
             revision,
             replayed: false,
         })
+    }
+
+    /// Says when the clock reads well before the last revision's time: from then until real
+    /// time catches up, every revision is stamped with that last time (journal order and time
+    /// order must agree), so an operator needs to know the times are held. A clock set back, or
+    /// one that had jumped forward and was corrected, both look like this.
+    fn watch_clock(&mut self, now_millis: i64) {
+        let behind = self.last_millis - now_millis;
+        match self.clock.see(behind) {
+            Some(ClockNews::Behind) => tracing::warn!(
+                behind_ms = behind,
+                last_recorded_ms = self.last_millis,
+                "the clock reads before the last revision's time: revisions are recorded at that time until the clock passes it"
+            ),
+            Some(ClockNews::CaughtUp) => {
+                metrics::gauge!("safeguard_clock_behind_seconds").set(0.0);
+                tracing::info!("the clock has passed the last revision's time again");
+            }
+            None => {}
+        }
+        if self.clock.behind {
+            metrics::gauge!("safeguard_clock_behind_seconds").set(behind.max(0) as f64 / 1000.0);
+        }
     }
 
     /// Counts a decision made by a tool version, for `versions`.
@@ -1030,4 +1097,24 @@ fn sync_new_blobs(blobs: &Path, since: SystemTime) -> StoreResult<()> {
         File::open(blobs)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_behind_the_journal_is_said_once_when_it_starts_and_once_when_it_ends() {
+        let mut clock = ClockWatch::default();
+        // Within a second is how revisions of one batch fall: nothing to say.
+        assert_eq!(clock.see(-5), None);
+        assert_eq!(clock.see(CLOCK_SLACK_MILLIS), None);
+        assert_eq!(clock.see(CLOCK_SLACK_MILLIS + 1), Some(ClockNews::Behind));
+        assert_eq!(clock.see(3_600_000), None);
+        // Still behind, if by little: revisions still carry the held time.
+        assert_eq!(clock.see(1), None);
+        assert_eq!(clock.see(0), Some(ClockNews::CaughtUp));
+        assert_eq!(clock.see(-1), None);
+        assert_eq!(clock.see(CLOCK_SLACK_MILLIS + 1), Some(ClockNews::Behind));
+    }
 }
