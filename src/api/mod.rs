@@ -114,16 +114,30 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
-/// `Option<Json<T>>`: no body (no `Content-Type`, or a body known to be empty, as with
-/// `Content-Length: 0`, whatever its type) is `None`; a body is read as above.
+/// `Option<Json<T>>`: no body (no `Content-Type`, or an empty body, as with `Content-Length: 0`
+/// or a chunked body with no bytes, whatever its type) is `None`; a body is read as above.
 impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
         // A body known to be empty (`Content-Length: 0`, or none sent) says so in its size hint.
-        if axum::body::HttpBody::size_hint(request.body()).exact() == Some(0) {
-            return Ok(None);
-        }
+        // One of unknown length (chunked) is read first to see: the same empty body should not
+        // be refused as malformed JSON only because it came without a length.
+        let request = match axum::body::HttpBody::size_hint(request.body()).exact() {
+            Some(0) => return Ok(None),
+            Some(_) => request,
+            None => {
+                let (parts, body) = request.into_parts();
+                let whole = Request::from_parts(parts.clone(), body);
+                let bytes =
+                    within_read_timeout(state, axum::body::Bytes::from_request(whole, state))
+                        .await?;
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                Request::from_parts(parts, axum::body::Body::from(bytes))
+            }
+        };
         let read = <axum::Json<T> as OptionalFromRequest<AppState>>::from_request(request, state);
         Ok(within_read_timeout(state, read)
             .await?
@@ -131,13 +145,14 @@ impl<T: serde::de::DeserializeOwned> OptionalFromRequest<AppState> for Json<T> {
     }
 }
 
-/// Reads a body within the state's read timeout, mapping a rejection to its problem.
-async fn within_read_timeout<V>(
+/// Reads a body within the state's read timeout, mapping a rejection to its problem (a body's
+/// own rejections, too large or cut short, are those of a JSON body).
+async fn within_read_timeout<V, R: Into<axum::extract::rejection::JsonRejection>>(
     state: &AppState,
-    read: impl Future<Output = Result<V, axum::extract::rejection::JsonRejection>>,
+    read: impl Future<Output = Result<V, R>>,
 ) -> Result<V, ApiError> {
     match tokio::time::timeout(state.read_timeout, read).await {
-        Ok(result) => result.map_err(ApiError::from),
+        Ok(result) => result.map_err(|rejection| ApiError::from(rejection.into())),
         Err(_) => Err(ApiError::RequestTimeout(state.read_timeout)),
     }
 }

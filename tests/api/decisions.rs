@@ -846,6 +846,95 @@ async fn an_approval_with_if_match_and_an_empty_json_body_is_taken() {
     assert_eq!(approved["override"]["status"], "approved");
 }
 
+/// Sends `POST path` with a chunked body of `chunks` (no `Content-Length`), as a client streaming
+/// its body does, and returns the status code and the body of the answer.
+async fn post_chunked(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let host = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    for chunk in chunks {
+        bytes.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+        bytes.extend(*chunk);
+        bytes.extend(b"\r\n");
+    }
+    bytes.extend(b"0\r\n\r\n");
+    // The server may answer (413) before it has read all of a body too large, and close.
+    let _ = stream.write_all(&bytes).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    (status, answer)
+}
+
+#[tokio::test]
+async fn an_approval_with_an_empty_chunked_body_is_taken_like_an_empty_one() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    let bearer = format!("Bearer {}", app.token(Role::Supervisor));
+    let path = format!("/v1/decisions/{id}/approve");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("If-Match", "\"2\""),
+        ("Content-Type", "application/json"),
+    ];
+
+    let (status, answer) = post_chunked(&app, &path, &headers, &[]).await;
+
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.contains("\"approved\""), "{answer}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_read_as_json_and_refused_when_malformed_or_too_large() {
+    let app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Practitioner).await;
+    let id = pending["id"].as_str().unwrap();
+    let bearer = format!("Bearer {}", app.token(Role::Supervisor));
+    let path = format!("/v1/decisions/{id}/approve");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+
+    // Malformed: refused, nothing written.
+    let (status, answer) =
+        post_chunked(&app, &path, &headers, &[b"{\"expected_", b"revision\": "]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("/problems/invalid-request"), "{answer}");
+    // Over the body limit (1 MiB), in many chunks: 413.
+    let spaces = vec![b' '; 64 * 1024];
+    let chunks: Vec<&[u8]> = std::iter::repeat_n(spaces.as_slice(), 20).collect();
+    let (status, answer) = post_chunked(&app, &path, &headers, &chunks).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(app.revisions(id).await.len(), 2);
+
+    // Whole, in two chunks: read and acted on, its `expected_revision` the one built on.
+    let (status, answer) =
+        post_chunked(&app, &path, &headers, &[b"{\"expected_", b"revision\": 2}"]).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(app.revisions(id).await.len(), 3);
+}
+
 #[tokio::test]
 async fn approving_with_no_override_pending_is_409() {
     let app = spawn_app().await;
