@@ -1,12 +1,13 @@
 //! The one place errors become HTTP: every error the API can return is an [`ApiError`] variant,
-//! and [`ApiError::problem`] is the table that maps each to its RFC 9457 problem type, title and
-//! status. 5xx bodies say nothing internal; the cause is logged once, here.
+//! and [`ApiError::kind`] maps each to its RFC 9457 problem type, whose slug, title, status and
+//! page are in [`super::problems`]. 5xx bodies say nothing internal; the cause is logged once, here.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::problems::ProblemType;
 use crate::auth::Role;
 use crate::decisions::DecisionError;
 use crate::forms::Violation;
@@ -158,139 +159,50 @@ pub enum WriteProblems {
 }
 
 impl ApiError {
-    /// The table: variant -> (problem type, title, status).
-    fn problem(&self) -> (&'static str, &'static str, StatusCode) {
+    /// The kind of problem each variant is; [`ProblemType::doc`] has its slug, title, status
+    /// and page.
+    pub fn kind(&self) -> ProblemType {
         use ApiError::*;
         match self {
-            Unauthorized | TokenRefused => {
-                ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED)
-            }
-            Forbidden(_) => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
-            FourEyes => (
-                "four-eyes",
-                "Approval needs a second person",
-                StatusCode::FORBIDDEN,
-            ),
-            NotTheAuthor => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
-            InvalidForm(_) => (
-                "invalid-form",
-                "The form is invalid",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            InvalidRequest { .. } => (
-                "invalid-request",
-                "The request is invalid",
-                StatusCode::BAD_REQUEST,
-            ),
-            InvalidFilter { .. } => (
-                "invalid-filter",
-                "The filter matches nothing that could exist",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            UnsupportedMediaType => (
-                "unsupported-media-type",
-                "Unsupported media type",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ),
-            PayloadTooLarge => (
-                "payload-too-large",
-                "Payload too large",
-                StatusCode::PAYLOAD_TOO_LARGE,
-            ),
-            RequestTimeout(_) => (
-                "request-timeout",
-                "Request timeout",
-                StatusCode::REQUEST_TIMEOUT,
-            ),
-            UnknownTool(_) => ("unknown-tool", "Unknown tool", StatusCode::NOT_FOUND),
-            UnknownDecision(_) => (
-                "unknown-decision",
-                "Unknown decision",
-                StatusCode::NOT_FOUND,
-            ),
-            UnknownVersion(_) => (
-                "unknown-version",
-                "Unknown tool version",
-                StatusCode::NOT_FOUND,
-            ),
-            CandidateInvalid(_) => (
-                "candidate-invalid",
-                "The candidate does not load",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
-            MethodNotAllowed => (
-                "method-not-allowed",
-                "Method not allowed",
-                StatusCode::METHOD_NOT_ALLOWED,
-            ),
-            InvalidOverride { .. } => (
-                "invalid-override",
-                "The override request is not allowed",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            NoPendingOverride(_) => (
-                "no-pending-override",
-                "No override is waiting for a supervisor",
-                StatusCode::CONFLICT,
-            ),
-            Conflict(_) => ("conflict", "The decision has changed", StatusCode::CONFLICT),
-            RevisionRequired => (
-                "revision-required",
-                "Revision required",
-                StatusCode::PRECONDITION_REQUIRED,
-            ),
-            IdempotencyMismatch => (
-                "idempotency-mismatch",
-                "Idempotency-Key reused",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            ScriptLimit(_) => (
-                "script-limit",
-                "The rules hit a safety limit",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            ToolFailed(_) => (
-                "tool-error",
-                "The tool failed",
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
-            CatalogInvalid(_) => (
-                "catalog-invalid",
-                "The catalog has problems",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            UnknownToken(_) => ("unknown-token", "Unknown token", StatusCode::NOT_FOUND),
-            TokenConflict(_) => (
-                "token-conflict",
-                "The token cannot be changed so",
-                StatusCode::CONFLICT,
-            ),
-            Unavailable => (
-                "unavailable",
-                "Service unavailable",
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-            StoreUnavailable(_) => (
-                "store-unavailable",
-                "The store cannot take writes",
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-            Internal(_) => (
-                "internal",
-                "Internal error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
+            Unauthorized | TokenRefused => ProblemType::Unauthorized,
+            Forbidden(_) | NotTheAuthor => ProblemType::Forbidden,
+            FourEyes => ProblemType::FourEyes,
+            InvalidForm(_) => ProblemType::InvalidForm,
+            InvalidRequest { .. } => ProblemType::InvalidRequest,
+            InvalidFilter { .. } => ProblemType::InvalidFilter,
+            UnsupportedMediaType => ProblemType::UnsupportedMediaType,
+            PayloadTooLarge => ProblemType::PayloadTooLarge,
+            RequestTimeout(_) => ProblemType::RequestTimeout,
+            UnknownTool(_) => ProblemType::UnknownTool,
+            UnknownDecision(_) => ProblemType::UnknownDecision,
+            UnknownVersion(_) => ProblemType::UnknownVersion,
+            CandidateInvalid(_) => ProblemType::CandidateInvalid,
+            NotFound => ProblemType::NotFound,
+            MethodNotAllowed => ProblemType::MethodNotAllowed,
+            InvalidOverride { .. } => ProblemType::InvalidOverride,
+            NoPendingOverride(_) => ProblemType::NoPendingOverride,
+            Conflict(_) => ProblemType::Conflict,
+            RevisionRequired => ProblemType::RevisionRequired,
+            IdempotencyMismatch => ProblemType::IdempotencyMismatch,
+            ScriptLimit(_) => ProblemType::ScriptLimit,
+            ToolFailed(_) => ProblemType::ToolError,
+            CatalogInvalid(_) => ProblemType::CatalogInvalid,
+            UnknownToken(_) => ProblemType::UnknownToken,
+            TokenConflict(_) => ProblemType::TokenConflict,
+            Unavailable => ProblemType::Unavailable,
+            StoreUnavailable(_) => ProblemType::StoreUnavailable,
+            Internal(_) => ProblemType::Internal,
         }
     }
 
     pub fn status(&self) -> StatusCode {
-        self.problem().2
+        self.kind().doc().status
     }
 
     /// The problem document for this error.
     pub fn to_problem(&self) -> Problem {
-        let (slug, title, status) = self.problem();
+        let kind = self.kind();
+        let doc = kind.doc();
         let errors = match self {
             ApiError::InvalidForm(v)
             | ApiError::CatalogInvalid(v)
@@ -306,9 +218,9 @@ impl ApiError {
             _ => Vec::new(),
         };
         Problem {
-            type_: format!("/problems/{slug}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
+            type_: kind.uri(),
+            title: doc.title.to_owned(),
+            status: doc.status.as_u16(),
             detail: self.to_string(),
             errors,
         }

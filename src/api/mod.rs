@@ -14,6 +14,7 @@ mod form_json;
 mod observe;
 mod openapi;
 mod ops;
+mod problems;
 mod tools;
 
 use std::future::Future;
@@ -40,6 +41,7 @@ use utoipa_axum::routes;
 pub use auth::Caller;
 pub use error::{ApiError, BodyProblems, Problem, TokenProblems, WriteProblems, PROBLEM_JSON};
 pub use observe::metrics_handle;
+pub use problems::{ProblemDoc, ProblemType};
 
 use crate::auth::Tokens;
 use crate::decisions::Decisions;
@@ -232,6 +234,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(ops::problem_types))
+        .routes(routes!(ops::problem_type))
         .routes(routes!(tools::tools_list))
         .routes(routes!(tools::tool_get))
         .routes(routes!(tools::tool_evaluate))

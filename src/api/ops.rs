@@ -1,4 +1,5 @@
-//! Liveness, readiness, metrics and the API description: the routes that need no token.
+//! Liveness, readiness, metrics, the API description and the pages of its problem types: the
+//! routes that need no token (none says anything about a case, a decision or a token).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +9,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Extension;
 
-use super::{ApiError, AppState, Json};
+use axum::response::Html;
+
+use super::problems::{self, ProblemType};
+use super::{ApiError, AppState, Json, Path};
 
 /// The API description, rendered once at start-up.
 #[derive(Clone)]
@@ -63,4 +67,25 @@ pub async fn openapi(Extension(doc): Extension<OpenApiJson>) -> impl IntoRespons
         [(CONTENT_TYPE, "application/json")],
         doc.0.as_str().to_owned(),
     )
+}
+
+/// Every problem type this API answers with, each linked to its page.
+#[utoipa::path(get, path = "/problems", tag = "operations", responses((status = 200, description = "The problem types, as an HTML page", content_type = "text/html", body = String)))]
+pub async fn problem_types() -> Html<String> {
+    Html(problems::index())
+}
+
+/// What a problem type means and what to do about it: the page a problem document's `type`
+/// leads to.
+#[utoipa::path(get, path = "/problems/{slug}", tag = "operations",
+    params(("slug" = String, Path, description = "The problem type's slug, e.g. `invalid-form`")),
+    responses(
+        (status = 200, description = "The problem type's page, in HTML", content_type = "text/html", body = String),
+        (status = 400, description = "A path parameter that is not UTF-8", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No problem type has this slug", body = super::Problem, content_type = "application/problem+json")
+    ))]
+pub async fn problem_type(Path(slug): Path<String>) -> Result<Html<String>, ApiError> {
+    ProblemType::from_slug(&slug)
+        .map(|kind| Html(problems::page(kind)))
+        .ok_or(ApiError::NotFound)
 }

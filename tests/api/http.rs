@@ -21,6 +21,64 @@ async fn health_readiness_metrics_and_the_api_description_need_no_token() {
 }
 
 #[tokio::test]
+async fn every_problem_type_leads_to_a_page_that_needs_no_token() {
+    let app = spawn_app().await;
+    // A real problem's type, followed as a client would, relative to the request's address.
+    let refused = app
+        .request(Method::GET, "/v1/tools", None)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(refused, StatusCode::UNAUTHORIZED, "/problems/unauthorized").await;
+    let followed = app
+        .request(Method::GET, body["type"].as_str().unwrap(), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(followed.status(), StatusCode::OK);
+    let page = followed.text().await.unwrap();
+    assert!(page.contains("<h1>Unauthorized</h1>"), "{page}");
+    assert!(page.contains("Authorization: Bearer"), "{page}");
+
+    let index = app
+        .request(Method::GET, "/problems", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    let index = index.text().await.unwrap();
+    for kind in safeguard::api::ProblemType::ALL {
+        let doc = kind.doc();
+        let response = app
+            .request(Method::GET, &kind.uri(), None)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{}", kind.uri());
+        let content_type = response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with("text/html"), "{content_type}");
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains(&format!("HTTP status {}", doc.status.as_u16())),
+            "{page}"
+        );
+        assert!(
+            index.contains(&format!("href=\"{}\"", kind.uri())),
+            "{index}"
+        );
+    }
+    let unknown = app
+        .request(Method::GET, "/problems/nope", None)
+        .send()
+        .await
+        .unwrap();
+    problem(unknown, StatusCode::NOT_FOUND, "/problems/not-found").await;
+}
+
+#[tokio::test]
 async fn a_method_a_client_invents_is_counted_as_other_not_as_a_series_of_its_own() {
     let app = spawn_app().await;
     for i in 0..3 {

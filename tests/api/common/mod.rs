@@ -502,6 +502,13 @@ pub async fn problem(response: Response, status: StatusCode, type_: &str) -> Val
     assert_eq!(content_type, "application/problem+json", "{body}");
     assert_eq!(body["type"], type_, "{body}");
     assert_eq!(body["status"], status.as_u16(), "{body}");
+    // Its type is one the service documents at that address, with that title and status.
+    let kind = type_
+        .strip_prefix("/problems/")
+        .and_then(safeguard::api::ProblemType::from_slug)
+        .unwrap_or_else(|| panic!("{type_} is no documented problem type"));
+    assert_eq!(body["title"], kind.doc().title, "{body}");
+    assert_eq!(kind.doc().status, status, "{body}");
     body
 }
 
