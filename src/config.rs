@@ -79,6 +79,9 @@ pub const DEFAULT_FILE: &str = "safeguard.toml";
 /// `SAFEGUARD_` prefix but is not a setting, so the settings do not read it.
 pub const FILE_VARIABLE: &str = "SAFEGUARD_CONFIG";
 
+/// The smallest page cache sled opens a store with.
+const MIN_CACHE_BYTES: u64 = 256;
+
 /// The prefix of the variables that override settings: `SAFEGUARD_DATA_DIR` sets `data_dir`.
 const PREFIX: &str = "SAFEGUARD_";
 
@@ -99,6 +102,17 @@ impl Config {
                 "read_timeout_secs must be at least 1: with 0 every connection would be cut at once"
                     .to_owned(),
             )));
+        }
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(Box::new(figment::Error::from(
+                "data_dir must name a folder: empty, the store would be made in the working folder"
+                    .to_owned(),
+            )));
+        }
+        if config.cache_bytes < MIN_CACHE_BYTES {
+            return Err(Box::new(figment::Error::from(format!(
+                "cache_bytes must be at least {MIN_CACHE_BYTES} (sled's least); the default is 268435456 (256 MiB)"
+            ))));
         }
         if config.max_connections == 0 {
             return Err(Box::new(figment::Error::from(
@@ -198,6 +212,28 @@ mod tests {
             assert_eq!(options.read_timeout, Duration::from_secs(1));
             assert_eq!(options.shutdown_grace, Duration::ZERO);
             assert_eq!(options.max_connections, 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_empty_data_folder_or_a_cache_sled_cannot_open_with_is_refused_as_a_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SAFEGUARD_DATA_DIR", "");
+            let err = Config::load(None).unwrap_err();
+            assert!(
+                err.to_string().contains("data_dir must name a folder"),
+                "{err}"
+            );
+            jail.set_env("SAFEGUARD_DATA_DIR", "d");
+            jail.set_env("SAFEGUARD_CACHE_BYTES", "0");
+            let err = Config::load(None).unwrap_err();
+            assert!(
+                err.to_string().contains("cache_bytes must be at least 256"),
+                "{err}"
+            );
+            jail.set_env("SAFEGUARD_CACHE_BYTES", "256");
+            assert_eq!(Config::load(None).map_err(|e| *e)?.cache_bytes, 256);
             Ok(())
         });
     }

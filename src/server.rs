@@ -58,6 +58,11 @@ impl Server {
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         let catalog = Catalog::load(&config.tools_dir).map_err(StartError::Catalog)?;
         let store = Arc::new(SledStore::open(&config.data_dir, config.store_options())?);
+        // A store that has lost revisions is served by no one: it would refuse every write, and
+        // an operator must choose what to restore.
+        if let Some(lost @ StoreError::LostRevisions(_)) = store.write_failure() {
+            return Err(lost.into());
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;

@@ -80,8 +80,10 @@ pub enum ApiError {
     TokenConflict(String),
     #[error("the service is not ready")]
     Unavailable,
-    #[error("nothing was stored: {0}")]
-    StoreUnavailable(String),
+    /// The store takes no writes: one could not be made durable earlier, or it has lost
+    /// revisions. The cause was logged when it happened; the answer says only what to do.
+    #[error("nothing was stored: the store takes no writes until the service is restarted, because an earlier write could not be made durable (a full or failing disk, say); the cause is in the service log")]
+    StoreUnavailable,
     #[error("something went wrong on our side; it has been logged")]
     Internal(String),
 }
@@ -190,7 +192,7 @@ impl ApiError {
             UnknownToken(_) => ProblemType::UnknownToken,
             TokenConflict(_) => ProblemType::TokenConflict,
             Unavailable => ProblemType::Unavailable,
-            StoreUnavailable(_) => ProblemType::StoreUnavailable,
+            StoreUnavailable => ProblemType::StoreUnavailable,
             Internal(_) => ProblemType::Internal,
         }
     }
@@ -339,7 +341,7 @@ impl From<DecisionError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unwritable(_) => ApiError::StoreUnavailable(e.to_string()),
+            StoreError::Unwritable(_) | StoreError::LostRevisions(_) => ApiError::StoreUnavailable,
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -213,6 +213,12 @@ pub enum StoreError {
     /// recovers what is on disk). Reads still work.
     #[error("the store could not make a write durable ({0}); nothing more is stored until the service is restarted")]
     Unwritable(String),
+    /// The journal ends before a revision the anchor file says was made durable, or holds a
+    /// different revision there: revisions were lost or the files replaced. Nothing is written
+    /// to such a store (a write would put new revisions where the lost ones were, and move the
+    /// anchor past the evidence); it can still be read, verified and exported.
+    #[error("{0}")]
+    LostRevisions(String),
 }
 
 impl From<sled::Error> for StoreError {

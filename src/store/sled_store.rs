@@ -127,13 +127,23 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir` and starts its writer.
     pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<SledStore> {
-        std::fs::create_dir_all(dir)?;
+        private_folder(dir).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot make the data folder {}: {e}",
+                dir.display()
+            ))
+        })?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             // The writer flushes every batch itself; a background flusher would only add I/O.
             .flush_every_ms(None);
-        let db = open_or_explain(&config)?;
+        let db = open_or_explain(&config).map_err(|e| match e {
+            StoreError::Io(reason) => {
+                StoreError::Io(format!("{reason} (in the data folder {})", dir.display()))
+            }
+            other => other,
+        })?;
         // The directory entries of a new store must be durable too.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
@@ -144,13 +154,17 @@ impl SledStore {
             .truncate(false)
             .open(&anchor_path)?;
         let head = read_head(&db)?;
+        let failure = Failure::default();
+        if let Some(lost) = lost_revisions(&db, &head, &anchor_path)? {
+            tracing::error!(error = %lost, "the store has lost revisions; it takes no writes");
+            failure.0.set(lost).expect("a new store has not failed");
+        }
         let known_snapshots = db
             .scan_prefix(b"s")
             .keys()
             .map(|k| k.map(|k| String::from_utf8_lossy(&k[1..]).into_owned()))
             .collect::<Result<HashSet<_>, _>>()?;
         let (tx, rx) = mpsc::channel(8192);
-        let failure = Failure::default();
         let writer = Writer {
             db: db.clone(),
             dir: dir.to_owned(),
@@ -477,6 +491,74 @@ impl Store for SledStore {
     }
 }
 
+/// Makes the store's folder, readable by the service's user only (what it holds is children's
+/// records), or, when it exists, says if others may read it.
+fn private_folder(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                folder = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data folder may be read by other users: it holds children's records; `chmod 700` it"
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// What is wrong when the journal does not reach the anchor (`anchor_path`), the head the writer
+/// recorded after its last durable batch: it ends before it (sled's recovery stopped at damage,
+/// or the files were copied while the service wrote), or holds a different revision there (the
+/// files were replaced by another store's). `None` when it reaches it, or there is no anchor.
+fn lost_revisions(
+    db: &sled::Db,
+    head: &Head,
+    anchor_path: &Path,
+) -> StoreResult<Option<StoreError>> {
+    let Some(anchor) = std::fs::read_to_string(anchor_path)
+        .ok()
+        .and_then(|text| parse_anchor(&text))
+    else {
+        return Ok(None);
+    };
+    let remedy = format!(
+        "Restore the data folder from a backup taken with the service stopped (`safeguard verify` shows what this one holds). If there is no better copy and the loss is accepted, move {} aside, keeping it as the record of what was lost, and start again",
+        anchor_path.display()
+    );
+    if anchor.seq > head.seq {
+        return Ok(Some(StoreError::LostRevisions(format!(
+            "the journal ends at revision {}, but revisions up to {} were made durable (the store's anchor file says so): revisions {}-{} are lost, as when the store's files are damaged or were copied while the service was writing. {remedy}",
+            head.seq,
+            anchor.seq,
+            head.seq + 1,
+            anchor.seq
+        ))));
+    }
+    if anchor.seq == 0 {
+        return Ok(None);
+    }
+    let key = journal_key(anchor.seq);
+    let stored_hash = match db.get(key)? {
+        Some(bytes) => Some(decode_revision(&bytes)?.hash),
+        None => None,
+    };
+    if stored_hash.as_deref() == Some(anchor.hash.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(StoreError::LostRevisions(format!(
+        "the store's anchor file says revision {} has hash {}, but the journal's has {}: these are not the files the service last wrote. {remedy}",
+        anchor.seq,
+        anchor.hash,
+        stored_hash.as_deref().unwrap_or("none")
+    ))))
+}
+
 /// The file, in the store's folder, where the writer records the head after each durable batch.
 /// sled rewrites its own files as it likes and, when its recovery meets damage, can end the
 /// journal early without an error; this small file is how `verify` notices.
@@ -534,14 +616,12 @@ fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
 /// the dirty pages it could not write), so nothing more may be acknowledged; a restart recovers
 /// the store from what did reach the disk.
 #[derive(Debug, Clone, Default)]
-struct Failure(Arc<OnceLock<String>>);
+struct Failure(Arc<OnceLock<StoreError>>);
 
 impl Failure {
     /// The error every write gets once the store has failed.
     fn refusal(&self) -> Option<StoreError> {
-        self.0
-            .get()
-            .map(|reason| StoreError::Unwritable(reason.clone()))
+        self.0.get().cloned()
     }
 
     /// Runs `write` unless the store has failed; an error from it fails the store.
@@ -559,10 +639,10 @@ impl Failure {
             StoreError::Io(reason) => reason,
             other => other.to_string(),
         };
-        if self.0.set(reason.clone()).is_ok() {
+        if self.0.set(StoreError::Unwritable(reason.clone())).is_ok() {
             tracing::error!(error = %reason, "a write could not be made durable; the store refuses writes until the service is restarted");
         }
-        StoreError::Unwritable(reason)
+        self.refusal().unwrap_or(StoreError::Unwritable(reason))
     }
 }
 

@@ -843,26 +843,69 @@ async fn verify_catches_one_byte_changed_in_a_stored_revision() {
     assert!(reason.contains("does not match its hash"), "{reason}");
 }
 
+/// The store as sled's recovery leaves it when it stops at damage: the last revision gone with
+/// the head that named it, the journal whole up to the one before.
+fn truncate_to(db: &sled::Db, seq: u64) {
+    let last = db
+        .get(journal_key(seq))
+        .unwrap()
+        .expect("the revision is stored");
+    let hash = safeguard::store::Entry::split(&last)
+        .unwrap()
+        .hash
+        .to_owned();
+    let head = json!({"seq": seq, "hash": hash});
+    db.remove(journal_key(seq + 1))
+        .unwrap()
+        .expect("the next revision was stored");
+    db.insert(b"h", serde_json::to_vec(&head).unwrap()).unwrap();
+}
+
 #[tokio::test]
-async fn verify_catches_the_last_journal_entry_removed() {
-    let app = spawn_app().await;
+async fn a_store_that_lost_its_last_revisions_is_not_served_and_verify_says_what_is_missing() {
+    let mut app = spawn_app().await;
     for case in ["case-1", "case-2", "case-3"] {
         app.decide(case, TOOL).await;
     }
+    app.stop().await;
+    {
+        let db = sled::open(app.data_dir()).expect("the stopped service's store opens");
+        truncate_to(&db, 2);
+        db.flush().unwrap();
+    }
 
-    let app = under_the_store(app, |db| {
-        db.remove(journal_key(3))
-            .unwrap()
-            .expect("revision 3 was stored");
-    })
-    .await;
-    let report = verify(&app).await;
+    // Serving it would put a new revision 3 where the lost one was and move the anchor past
+    // the evidence: the service does not start, and says what to do.
+    let refused = loop {
+        match safeguard::server::Server::build(&app.config()).await {
+            Err(e) if e.to_string().contains("another process") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => break e.to_string(),
+            Ok(_) => panic!("a store that lost a revision was served"),
+        }
+    };
+    assert!(refused.contains("revisions 3-3 are lost"), "{refused}");
+    assert!(refused.contains("backup"), "{refused}");
 
-    assert_eq!(report["ok"], false, "{report}");
-    assert_eq!(report["revisions"], 2, "{report}");
-    assert_eq!(report["first_break"]["seq"], 3, "{report}");
-    let reason = report["first_break"]["reason"].as_str().unwrap();
+    // It can still be read and verified (as `safeguard verify` does, the service stopped).
+    let store =
+        safeguard::store::SledStore::open_existing(app.data_dir(), Default::default()).unwrap();
+    let report = safeguard::audit::verify::verify(&store, &|_| {}).unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.revisions, 2);
+    let reason = &report.first_break.as_ref().unwrap().reason;
     assert!(reason.contains("missing from the end"), "{reason}");
+    drop(store);
+
+    // The loss accepted (the anchor moved aside, kept): served again, and writes go on.
+    let anchor = app.data_dir().join("anchor");
+    std::fs::rename(&anchor, app.data_dir().join("anchor.lost")).unwrap();
+    let app = app.restart().await;
+    let report = verify(&app).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["revisions"], 2, "{report}");
+    app.decide("case-4", TOOL).await;
 }
 
 // Disparity.

@@ -286,6 +286,30 @@ fn demo_data_for_one_tool_fills_a_store_that_verifies_and_exports_only_that_tool
 }
 
 #[test]
+fn the_data_folder_and_an_export_file_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("a temp folder");
+    let data = root.path().join("new");
+    let filled = safeguard_on(
+        &data,
+        &["demo-data", "--count", "24", "--tool", "threshold"],
+    );
+    assert!(filled.status.success(), "{filled:?}");
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&data),
+        0o700,
+        "the data folder holds children's records"
+    );
+
+    let out = root.path().join("export.jsonl");
+    let exported = safeguard_on(&data, &["export", "--out", out.to_str().unwrap()]);
+    assert!(exported.status.success(), "{exported:?}");
+    assert_eq!(mode(&out), 0o600);
+    assert!(fs::read_to_string(&out).unwrap().lines().count() >= 24);
+}
+
+#[test]
 fn the_configuration_file_can_be_named_by_its_variable() {
     let root = tempfile::tempdir().expect("a temp folder");
     let data = root.path().join("from-the-file");

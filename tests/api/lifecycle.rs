@@ -720,6 +720,11 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
         detail.contains("nothing was stored") && detail.contains("restarted"),
         "the problem says what happened and what to do: {detail}"
     );
+    // What the disk said is for the operator's log, not for the case system.
+    assert!(
+        !detail.contains("os error") && !detail.contains("Os {"),
+        "{detail}"
+    );
     // Every later write is refused the same way, without trying the disk again.
     let (status, again) = submit(&client, &server, &site.practitioner, "full-after").await;
     assert_eq!(

@@ -163,6 +163,11 @@ impl TestApp {
         self.data_dir.path()
     }
 
+    /// The configuration the service runs with.
+    pub fn config(&self) -> Config {
+        config(self.data_dir.path(), &self.tools_dir)
+    }
+
     /// Asks the service to reload its catalog from disk, as the admin.
     pub async fn reload(&self) -> Response {
         self.post_json("/v1/admin/reload", Role::Admin, &json!({}))
