@@ -240,9 +240,18 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let stop = shutdown_signal().context("cannot listen for SIGTERM and Ctrl-C")?;
-        let server = Server::build(&config).await?;
-        if let Some(token) = &server.first_admin_token {
-            println!("No tokens were configured, so an admin token was created. It is shown only this once:\n\n    {token}\n\nCreate tokens for people with `safeguard token create --role ROLE --subject NAME`.");
+        let mut server = Server::build(&config).await?;
+        if let Some(token) = server.first_admin_token() {
+            // Shown before it is stored: a token that could not be shown is not made, so the
+            // next start makes one again instead of leaving the store with an admin no one knows.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "No tokens were configured, so an admin token was created. It is shown only this once:\n\n    {token}\n\nCreate tokens for people with it over the API (`POST /v1/admin/tokens`), or, while the service is stopped, with `safeguard token create --role ROLE --subject NAME`.")
+                .and_then(|()| out.flush())
+                .context("cannot show the first admin token on standard output, so none was made; start again with standard output open")?;
+            server.keep_first_admin_token().context(
+                "the admin token shown above could not be stored and does not work; start again",
+            )?;
         }
         tracing::info!(address = %server.local_addr(), data = %config.data_dir.display(), tools = %config.tools_dir.display(), "serving");
         server.run_until_stopped(stop).await?;

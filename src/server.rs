@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, ServeOptions};
-use crate::auth::{self, Role, Tokens};
+use crate::auth::{self, Role, TokenRecord, Tokens};
 use crate::catalog::{Catalog, LoadError};
 use crate::config::Config;
 use crate::decisions::Decisions;
@@ -49,8 +49,9 @@ pub struct Server {
     store: Arc<SledStore>,
     listener: TcpListener,
     options: ServeOptions,
-    /// The admin token created on a first run with no tokens; shown once.
-    pub first_admin_token: Option<String>,
+    /// On a first run with no tokens: the admin token to show once, and its record, stored by
+    /// [`Server::keep_first_admin_token`] once it has been shown.
+    first_admin: Option<(String, TokenRecord)>,
 }
 
 impl Server {
@@ -67,21 +68,15 @@ impl Server {
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let decisions = Arc::new(Decisions::new(catalog, store.clone() as Arc<dyn Store>)?);
-        // The first admin token is made last, once nothing else can fail: a start that fails
-        // (the port is taken, say) must not leave behind a token that was never shown.
+        // A store that has never had a token gets an admin token, stored only once it has been
+        // shown (`keep_first_admin_token`): a token nobody saw would lock the store for good.
+        // One whose tokens were all revoked stays locked until someone with access to it
+        // creates another.
         let records = store.tokens()?;
-        // Only a store that has never had a token gets one made for it; one whose tokens were
-        // all revoked stays locked until someone with access to it creates another.
-        let first_run = records.is_empty();
-        let mut tokens = Tokens::new(records);
-        let first_admin_token = if first_run {
-            let (token, record) = auth::issue(Role::Admin, "admin");
-            store.put_token(&record)?;
-            tokens.add(record);
-            Some(token)
-        } else {
-            None
-        };
+        let first_admin = records
+            .is_empty()
+            .then(|| auth::issue(Role::Admin, "admin"));
+        let tokens = Tokens::new(records);
         let options = config.serve_options();
         let state = AppState::new(
             decisions,
@@ -95,8 +90,22 @@ impl Server {
             store,
             listener,
             options,
-            first_admin_token,
+            first_admin,
         })
+    }
+
+    /// The admin token of a first run with no tokens, to be shown once before
+    /// [`Server::keep_first_admin_token`] stores it.
+    pub fn first_admin_token(&self) -> Option<&str> {
+        self.first_admin.as_ref().map(|(token, _)| token.as_str())
+    }
+
+    /// Stores the first admin token, once shown, and accepts it at once.
+    pub fn keep_first_admin_token(&mut self) -> Result<(), StoreError> {
+        match self.first_admin.take() {
+            Some((_, record)) => self.keep_token(record),
+            None => Ok(()),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -108,13 +117,19 @@ impl Server {
     /// Creates a token, stores its hash durably and accepts it at once; returns the token.
     pub fn add_token(&self, role: Role, subject: &str) -> Result<String, StoreError> {
         let (token, record) = auth::issue(role, subject);
+        self.keep_token(record)?;
+        Ok(token)
+    }
+
+    /// Stores a token's record durably and accepts the token at once.
+    fn keep_token(&self, record: TokenRecord) -> Result<(), StoreError> {
         self.store.put_token(&record)?;
         self.state
             .tokens
             .write()
             .expect("token lock poisoned")
             .add(record);
-        Ok(token)
+        Ok(())
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight and closes the
@@ -131,7 +146,11 @@ impl Server {
             options,
             ..
         } = self;
+        #[cfg(unix)]
+        let hangups = reload_on_hangup(state.clone())?;
         api::serve(listener, state, options, shutdown).await?;
+        #[cfg(unix)]
+        hangups.abort();
         // The last handle to the store closes it on a blocking thread: the writer is joined, so
         // a failure of the last appends it wrote is seen too.
         let failure = match Arc::try_unwrap(store) {
@@ -190,6 +209,28 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
             _ = terminate.recv() => {},
         }
     })
+}
+
+/// Reloads the catalog on each SIGHUP, as `POST /v1/admin/reload` does, the outcome logged (a
+/// daemon's usual answer to it; the default would end the process at once, cutting every
+/// request in flight).
+#[cfg(unix)]
+fn reload_on_hangup(state: AppState) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the catalog");
+            if let Err(e) = api::reload(&state).await {
+                let problem = e.to_problem();
+                tracing::error!(
+                    problem = %problem.detail,
+                    errors = ?problem.errors,
+                    "the catalog was not reloaded; the one in force keeps serving"
+                );
+            }
+        }
+    }))
 }
 
 /// Ctrl-C, where there is no SIGTERM.

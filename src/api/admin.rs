@@ -22,6 +22,11 @@ pub struct Reloaded {
     pub tools: Vec<ToolSummary>,
     /// Ids whose digest changed, appeared or disappeared.
     pub changed: Vec<String>,
+    /// How many tool cases ran (and passed) before the catalog was put in force.
+    pub cases_run: usize,
+    /// Tools served with no case to pin what they decide: nothing checked them. A site
+    /// deployed without its `tests/cases` folder has every core tool here.
+    pub untested: Vec<String>,
 }
 
 /// Reload tools and plugins from disk. The new catalog is put in force whole, or, on any
@@ -39,6 +44,11 @@ pub async fn catalog_reload(
     _caller: Authorized<Admins>,
     State(state): State<AppState>,
 ) -> Result<Json<Reloaded>, ApiError> {
+    reload(&state).await.map(Json)
+}
+
+/// Reloads the catalog from disk as `POST /v1/admin/reload` does (also on SIGHUP).
+pub(crate) async fn reload(state: &AppState) -> Result<Reloaded, ApiError> {
     // One reload at a time, each reading the files after the one before has put its catalog in
     // force: the last reload answered is the catalog served.
     let _reloading = state.reloads.lock().await;
@@ -47,8 +57,20 @@ pub async fn catalog_reload(
     // of CPU at worst, off the async threads.
     let loaded = tokio::task::spawn_blocking(move || {
         let catalog = Catalog::load(&root)?;
-        let broken = crate::check::run_against(&root, &catalog).broken_cases();
-        Ok((catalog, broken))
+        let report = crate::check::run_against(&root, &catalog);
+        let cases_run = report.tools.iter().map(|t| t.cases.len()).sum::<usize>();
+        let tested: std::collections::HashSet<&str> = report
+            .tools
+            .iter()
+            .filter(|t| !t.cases.is_empty())
+            .map(|t| t.id.as_str())
+            .collect();
+        let untested: Vec<String> = catalog
+            .tools()
+            .filter(|t| !tested.contains(t.id()))
+            .map(|t| t.id().to_owned())
+            .collect();
+        Ok((catalog, report.broken_cases(), cases_run, untested))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -59,14 +81,15 @@ pub async fn catalog_reload(
             .collect();
         ApiError::CatalogInvalid(violations)
     };
-    let (catalog, broken_cases) = loaded.map_err(|errors: Vec<crate::catalog::LoadError>| {
-        violations(
-            errors
-                .into_iter()
-                .map(|e| (e.location(), e.message))
-                .collect(),
-        )
-    })?;
+    let (catalog, broken_cases, cases_run, untested) =
+        loaded.map_err(|errors: Vec<crate::catalog::LoadError>| {
+            violations(
+                errors
+                    .into_iter()
+                    .map(|e| (e.location(), e.message))
+                    .collect(),
+            )
+        })?;
     // A catalog whose own cases fail does not go live: they pin what it decides.
     if !broken_cases.is_empty() {
         return Err(violations(broken_cases));
@@ -87,8 +110,19 @@ pub async fn catalog_reload(
         .decisions
         .replace_catalog(catalog)
         .map_err(ApiError::from)?;
-    tracing::info!(changed = ?changed, "catalog reloaded");
-    Ok(Json(Reloaded { tools, changed }))
+    tracing::info!(changed = ?changed, cases_run, "catalog reloaded");
+    if !untested.is_empty() {
+        tracing::warn!(
+            untested = ?untested,
+            "tools were put in force with no case to check them: is the tools folder's tests/cases deployed?"
+        );
+    }
+    Ok(Reloaded {
+        tools,
+        changed,
+        cases_run,
+        untested,
+    })
 }
 
 /// A token as an admin sees it: who holds it and since when, never the token.

@@ -38,6 +38,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub(crate) use admin::reload;
 pub use auth::Caller;
 pub use error::{ApiError, BodyProblems, Problem, TokenProblems, WriteProblems, PROBLEM_JSON};
 pub use observe::metrics_handle;

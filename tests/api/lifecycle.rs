@@ -1033,6 +1033,72 @@ async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_t
     );
 }
 
+#[tokio::test]
+async fn sighup_reloads_the_catalog_and_the_service_goes_on() {
+    let site = Site::new();
+    let client = client();
+    let filter = "warn,safeguard=info";
+    let mut server = Server::start_with(&site, 0, &client, filter, &[]).await;
+
+    server.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !server.log().contains("catalog reloaded") {
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = client
+        .get(format!("http://{}/healthz", server.socket_address()))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(health.status(), StatusCode::OK);
+    // It ran the site's cases, as a reload over the API does.
+    let reloaded = server
+        .log_lines()
+        .into_iter()
+        .find(|l| l["fields"]["message"] == "catalog reloaded")
+        .expect("the reload's line");
+    assert!(
+        reloaded["fields"]["cases_run"].as_u64() > Some(0),
+        "{reloaded}"
+    );
+
+    server.signal(Signal::SIGTERM);
+    assert!(server.exited().await.success(), "{}", server.log());
+}
+
+#[tokio::test]
+async fn a_first_admin_token_that_cannot_be_shown_is_not_made() {
+    let site = Site::new();
+    let fresh = tempfile::tempdir().expect("a temporary folder");
+    let data = fresh.path().join("data");
+    let err_path = fresh.path().join("err");
+    let mut command = site.safeguard(["serve"]);
+    command
+        .env("SAFEGUARD_DATA_DIR", &data)
+        .env("SAFEGUARD_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).expect("a file"));
+    let mut child = Reaped(command.spawn().expect("the binary starts"));
+    // Whoever was to read it has gone (`serve | head -0`, a collector that died).
+    drop(child.0.stdout.take());
+
+    let status = child.0.wait().expect("it exits");
+    let err = std::fs::read_to_string(&err_path).expect("read");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("cannot show the first admin token"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // No token was kept, so the next start makes one again.
+    let listed = site
+        .safeguard(["token", "list"])
+        .env("SAFEGUARD_DATA_DIR", &data)
+        .output()
+        .expect("the binary runs");
+    let listing = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(listing.lines().count(), 1, "only the heading:\n{listing}");
+}
+
 /// A child process that is killed and reaped when the test ends, however it ends: a failed
 /// assertion must not leave a server running.
 struct Reaped(std::process::Child);

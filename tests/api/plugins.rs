@@ -782,6 +782,28 @@ async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps
     assert_eq!(evaluation(&app, TOOL, &input).await["level"], "low");
 }
 
+#[tokio::test]
+async fn a_reload_says_how_many_cases_it_ran_and_which_tools_none_checked() {
+    let root = catalog_copy(false);
+    let app = spawn_app_with(root.path()).await;
+    let core_count: usize = std::fs::read_dir(root.path().join("tests/cases"))
+        .unwrap()
+        .map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap().count())
+        .sum();
+
+    let reloaded = json_of(app.reload().await, StatusCode::OK).await;
+    assert_eq!(reloaded["cases_run"], core_count, "{reloaded}");
+    assert_eq!(reloaded["untested"], json!([]), "{reloaded}");
+
+    // Deployed without its cases, the catalog goes live unchecked, and the answer says so.
+    std::fs::remove_dir_all(root.path().join("tests")).unwrap();
+    let reloaded = json_of(app.reload().await, StatusCode::OK).await;
+    assert_eq!(reloaded["cases_run"], 0, "{reloaded}");
+    let untested = reloaded["untested"].as_array().unwrap();
+    assert_eq!(untested.len(), reloaded["tools"].as_array().unwrap().len());
+    assert!(untested.contains(&json!(TOOL)), "{reloaded}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_overlapping_reloads_the_files_read_last_are_the_catalog_left_in_force() {
     let root = recalibrated(7);
