@@ -312,6 +312,17 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(options.read_timeout);
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    metrics::gauge!("safeguard_connections_max").set(options.max_connections as f64);
+    let open = {
+        let slots = Arc::clone(&slots);
+        let max = options.max_connections;
+        move || {
+            metrics::gauge!("safeguard_connections_open")
+                .set((max - slots.available_permits()) as f64)
+        }
+    };
+    // When every place was last said to be taken: said at most once a minute.
+    let mut full_since: Option<std::time::Instant> = None;
     let graceful = GracefulShutdown::new();
     // Every connection's task, so that none outlives `serve`: each holds the state, and the
     // store is only closed (its queue written out) once the last handle to it is gone.
@@ -326,10 +337,24 @@ pub async fn serve(
             // `Listener::accept` retries by itself on errors (waiting a second when out of file
             // descriptors), as `axum::serve` does.
             (slot, (stream, _)) = async {
+                if slots.available_permits() == 0 {
+                    metrics::counter!("safeguard_connections_full_total").increment(1);
+                }
+                if slots.available_permits() == 0
+                    && full_since.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    full_since = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = options.max_connections,
+                        "every connection place is taken: new connections wait until one closes (an idle client holds its place for up to read_timeout_secs)"
+                    );
+                }
                 let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                 (slot, Listener::accept(&mut listener).await)
             } => {
                 while connections.try_join_next().is_some() {}
+                open();
+                let closed = open.clone();
                 let service = TowerToHyperService::new(app.clone());
                 // A client that stops reading its answer is cut off like one that stops sending
                 // its request: it would otherwise hold the connection, and the answer's memory.
@@ -342,6 +367,7 @@ pub async fn serve(
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     drop(slot);
+                    closed();
                 });
             }
         }

@@ -587,6 +587,27 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     // The second is still served on its own connection.
     ask_health(&mut second).await;
     assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
+
+    // The operator is told, once, and can watch it: places in use against the most, and how
+    // often a connection had to wait.
+    let warnings = logged(&server, "WARN", "every connection place is taken");
+    assert_eq!(warnings.len(), 1, "{}", server.log());
+    drop((second, third));
+    let metrics = client()
+        .get(format!("http://{}/metrics", server.socket_address()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("safeguard_connections_max 2"), "{metrics}");
+    assert!(metrics.contains("safeguard_connections_open "), "{metrics}");
+    let waited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("safeguard_connections_full_total "))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(waited >= Some(1.0), "{metrics}");
 }
 
 #[tokio::test]
