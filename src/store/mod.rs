@@ -227,7 +227,7 @@ impl From<sled::Error> for StoreError {
             // Damage below the journal (sled's own files changed outside it): no revision can be
             // named, only the remedy.
             sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
-                "the store's files are damaged ({e}); restore the data folder from a backup"
+                "the store's files are damaged ({e}); restore the data folder from a backup (docs/operations.md, \"Backups and restoring\")"
             )),
             e => StoreError::Io(e.to_string()),
         }

@@ -528,7 +528,7 @@ fn lost_revisions(
         return Ok(None);
     };
     let remedy = format!(
-        "Restore the data folder from a backup taken with the service stopped (`safeguard verify` shows what this one holds). If there is no better copy and the loss is accepted, move {} aside, keeping it as the record of what was lost, and start again",
+        "Restore the data folder from a backup taken with the service stopped (docs/operations.md; `safeguard verify` shows what this one holds). If there is no better copy and the loss is accepted, move {} aside, keeping it as the record of what was lost, and start again",
         anchor_path.display()
     );
     if anchor.seq > head.seq {
@@ -605,7 +605,7 @@ fn open_or_explain(config: &sled::Config) -> StoreResult<sled::Db> {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no reason given".into());
             Err(StoreError::Corrupt(format!(
-                "sled could not recover it ({why}); restore the data folder from a backup"
+                "sled could not recover it ({why}); restore the data folder from a backup (docs/operations.md, \"Backups and restoring\")"
             )))
         }
     }
