@@ -895,7 +895,26 @@ impl Writer {
         self.data_file.sync_data()?;
         sync_new_blobs(&self.dir.join("blobs"), batch_began)?;
         phase_done("sync", phase);
-        Ok(())
+        self.still_in_place()
+    }
+
+    /// Whether the data file the writer wrote is still the one at its path. A data folder moved,
+    /// deleted or replaced (a backup copied over it) while the service runs leaves it writing to
+    /// files no later start will read: every write from then on would be lost. Such a batch is
+    /// not acknowledged, and the store takes no more writes.
+    fn still_in_place(&self) -> StoreResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.dir.join("db");
+        let opened = self.data_file.metadata()?;
+        let same = std::fs::metadata(&path)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()));
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::Io(format!(
+            "{} is no longer the data file the service opened: the data folder was moved, deleted or replaced while the service ran, so what it writes would be lost at the next start (stop the service before restoring a backup; docs/operations.md)",
+            path.display()
+        )))
     }
 
     fn prepare(
