@@ -490,10 +490,18 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_admin_token_cannot_be_r
     )
     .await;
 
-    // Two admin tokens: the one the store made on its first start, and the caller's. The first
-    // can go; the caller's is then the last.
+    // Two admin tokens: another made over the API, and the caller's. The other can go; the
+    // caller's is then the last.
+    let created = app
+        .post_json(
+            "/v1/admin/tokens",
+            Role::Admin,
+            &json!({"role": "admin", "subject": "second admin"}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
     let tokens = listed_tokens(&app).await;
-    let first_run = token_of(&tokens, "admin")["id"]
+    let other = token_of(&tokens, "second admin")["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -501,7 +509,7 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_admin_token_cannot_be_r
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(revoke(first_run).await.status(), StatusCode::OK);
+    assert_eq!(revoke(other).await.status(), StatusCode::OK);
     let body = problem(
         revoke(own).await,
         StatusCode::CONFLICT,
