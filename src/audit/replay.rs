@@ -119,9 +119,16 @@ pub struct ReplayReport {
     /// Decisions the target decided (the rest were rejected or failed).
     pub replayed: u64,
     pub unchanged: u64,
+    /// Decisions the target decides differently: another level, score or flags, or other
+    /// reasons (codes or points).
     pub changed: u64,
-    /// For `recorded`: decisions whose stored outcome was not reproduced exactly. Any is a
-    /// reproducibility failure.
+    /// Decisions the target makes the same but words differently (its recommendation,
+    /// explanation or a reason's text), as when a cut-point a reason names moves but no level
+    /// does. Listed in `changes` only when replaying against `recorded`, where any difference
+    /// is a failure to reproduce.
+    pub reworded: u64,
+    /// For `recorded`: decisions whose stored outcome was not reproduced exactly (changed,
+    /// reworded or rejected). Any is a reproducibility failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub irreproducible: Option<u64>,
     /// The order of the matrix's rows and columns: the tool's levels, least to most serious.
@@ -130,7 +137,7 @@ pub struct ReplayReport {
     pub matrix: Vec<Vec<u64>>,
     /// How many decisions' scores moved by how much (target minus stored), where both score.
     pub score_shift: Vec<Shift>,
-    /// The page of changed decisions, in journal order.
+    /// The page of changed decisions (against `recorded`, reworded ones too), in journal order.
     pub changes: Vec<Changed>,
     pub offset: usize,
     pub limit: usize,
@@ -166,6 +173,8 @@ pub struct Changed {
     pub reasons_removed: Vec<String>,
     /// Reason codes in both, with different points or text.
     pub reasons_changed: Vec<String>,
+    /// The same decision in other words (see `reworded` in the report).
+    pub reworded: bool,
 }
 
 /// An input the target rejects (invalid under its schema) or fails on.
@@ -218,6 +227,7 @@ pub fn replay(
         (None, None) => Vec::new(),
     };
     let keep = request.offset.saturating_add(request.limit);
+    let list_reworded = matches!(request.against, Target::Recorded {});
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
     let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
@@ -231,7 +241,10 @@ pub fn replay(
             let filter = &filter;
             let considered = &considered;
             handles.push(scope.spawn(move || -> Result<Partial, StoreError> {
-                let mut partial = Partial::default();
+                let mut partial = Partial {
+                    list_reworded,
+                    ..Partial::default()
+                };
                 let mut versions: HashMap<String, Option<Arc<Tool>>> = HashMap::new();
                 loop {
                     let batch = match batch_rx.lock().expect("batch lock poisoned").recv() {
@@ -394,10 +407,14 @@ fn describe(e: &EvalError) -> String {
 /// One worker's share of the report.
 #[derive(Default)]
 struct Partial {
+    /// Whether reworded decisions are listed with the changed ones (a replay against
+    /// `recorded`, where they fail to reproduce).
+    list_reworded: bool,
     considered: u64,
     replayed: u64,
     unchanged: u64,
     changed: u64,
+    reworded: u64,
     matrix: HashMap<(String, String), u64>,
     /// Shift in millionths, so equal shifts group exactly.
     shifts: BTreeMap<i64, u64>,
@@ -448,7 +465,15 @@ impl Partial {
             self.unchanged += 1;
             return;
         }
-        self.changed += 1;
+        let reworded = old.same_decision(&new);
+        if reworded {
+            self.reworded += 1;
+            if !self.list_reworded {
+                return;
+            }
+        } else {
+            self.changed += 1;
+        }
         let codes = |o: &Outcome| -> BTreeMap<String, (String, String)> {
             o.reasons
                 .iter()
@@ -475,6 +500,7 @@ impl Partial {
                     .filter(|code| before[*code] != after[*code])
                     .cloned()
                     .collect(),
+                reworded,
             },
         );
         trim(&mut self.changes, keep);
@@ -485,6 +511,7 @@ impl Partial {
         self.replayed += other.replayed;
         self.unchanged += other.unchanged;
         self.changed += other.changed;
+        self.reworded += other.reworded;
         for (k, v) in other.matrix {
             *self.matrix.entry(k).or_default() += v;
         }
@@ -532,7 +559,9 @@ impl Partial {
             replayed: self.replayed,
             unchanged: self.unchanged,
             changed: self.changed,
-            irreproducible: recorded.then_some(self.changed + self.rejected_count),
+            reworded: self.reworded,
+            irreproducible: recorded
+                .then_some(self.changed + self.reworded + self.rejected_count),
             levels,
             matrix,
             score_shift: self
@@ -584,11 +613,12 @@ pub fn render(report: &ReplayReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{} decision(s) considered, {} replayed, {} unchanged, {} changed, {} rejected, in {} ms",
+        "{} decision(s) considered, {} replayed, {} unchanged, {} changed, {} reworded, {} rejected, in {} ms",
         report.considered,
         report.replayed,
         report.unchanged,
         report.changed,
+        report.reworded,
         report.rejected_count,
         report.elapsed_ms
     );
@@ -634,11 +664,12 @@ pub fn render(report: &ReplayReport) -> String {
     for c in &report.changes {
         let _ = writeln!(
             out,
-            "  {} (case {}): {} -> {}{}{}",
+            "  {} (case {}): {} -> {}{}{}{}",
             c.decision_id,
             c.case,
             c.old_level,
             c.new_level,
+            if c.reworded { " (reworded only)" } else { "" },
             if c.reasons_added.is_empty() {
                 String::new()
             } else {

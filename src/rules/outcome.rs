@@ -45,6 +45,21 @@ const KEYS: &[&str] = &[
 ];
 
 impl Outcome {
+    /// Whether `other` is the same decision, whatever its words: the same level, score and
+    /// flags, and the same reasons (codes and points, in order). Two outcomes that differ only
+    /// in their recommendation, explanation or a reason's text say the same thing differently.
+    pub fn same_decision(&self, other: &Outcome) -> bool {
+        self.level == other.level
+            && self.score == other.score
+            && self.flags == other.flags
+            && self.reasons.len() == other.reasons.len()
+            && self
+                .reasons
+                .iter()
+                .zip(&other.reasons)
+                .all(|(a, b)| a.code == b.code && a.points == b.points)
+    }
+
     /// Checks `raw` against the contract, collecting every breach.
     pub(crate) fn from_dynamic(
         raw: Dynamic,
@@ -271,6 +286,35 @@ mod tests {
         assert_eq!(out.score, Some(Number::from(3)));
         assert_eq!(out.reasons.len(), 2);
         assert!(out.flags.is_empty());
+    }
+
+    #[test]
+    fn the_same_decision_in_other_words_is_told_from_another_decision() {
+        let base = check(good()).unwrap();
+        let reworded = {
+            let mut raw = good();
+            raw["recommendation"] = json!("other words");
+            raw["reasons"][1]["text"] = json!("b, said otherwise");
+            check(raw).unwrap()
+        };
+        assert_ne!(base, reworded);
+        assert!(base.same_decision(&reworded));
+        let other = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut raw = good();
+            change(&mut raw);
+            check(raw).unwrap()
+        };
+        for decision in [
+            other(&|r| r["level"] = json!("high")),
+            other(&|r| r["flags"] = json!(["x"])),
+            other(&|r| {
+                r["reasons"][1]["points"] = json!(1);
+                r["score"] = json!(2);
+            }),
+            other(&|r| r["reasons"][1]["code"] = json!("C")),
+        ] {
+            assert!(!base.same_decision(&decision), "{decision:?}");
+        }
     }
 
     #[test]

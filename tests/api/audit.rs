@@ -270,6 +270,7 @@ async fn replay_against_the_recorded_versions_reproduces_every_stored_outcome() 
     assert_eq!(report["replayed"], n, "{report:#}");
     assert_eq!(report["unchanged"], n, "{report:#}");
     assert_eq!(report["changed"], 0, "{report:#}");
+    assert_eq!(report["reworded"], 0, "{report:#}");
     assert_eq!(report["rejected_count"], 0, "{report:#}");
 }
 
@@ -304,7 +305,17 @@ async fn replay_against_candidate_params_counts_each_level_change_in_the_matrix(
             "{change}"
         );
         assert_eq!(change["old_score"], change["new_score"], "{change}");
+        assert_eq!(change["reworded"], false, "{change}");
     }
+    // Decisions that stay where they were but whose level reason names the moved cut-point
+    // (HA-LEVEL: "below the medium cut-point (8)") are the same decisions in other words:
+    // counted apart, not listed, so the list is what the recalibration moves.
+    assert!(report["reworded"].as_u64() > Some(0), "{report:#}");
+    let accounted = ["unchanged", "changed", "reworded"]
+        .iter()
+        .map(|k| report[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(Some(accounted), report["replayed"].as_u64(), "{report:#}");
 }
 
 #[tokio::test]
