@@ -47,8 +47,23 @@ pub async fn catalog_reload(
     reload(&state).await.map(Json)
 }
 
-/// Reloads the catalog from disk as `POST /v1/admin/reload` does (also on SIGHUP).
+/// Reloads as [`reload_files`] does, and logs a refusal with its reasons: the request's own line
+/// says only 422, and an operator reading the log must not need the answer to know why.
 pub(crate) async fn reload(state: &AppState) -> Result<Reloaded, ApiError> {
+    let reloaded = reload_files(state).await;
+    if let Err(e) = &reloaded {
+        let problem = e.to_problem();
+        tracing::warn!(
+            problem = %problem.detail,
+            errors = ?problem.errors,
+            "the catalog was not reloaded; the one in force keeps serving"
+        );
+    }
+    reloaded
+}
+
+/// Reloads the catalog from disk as `POST /v1/admin/reload` does (also on SIGHUP).
+async fn reload_files(state: &AppState) -> Result<Reloaded, ApiError> {
     // One reload at a time, each reading the files after the one before has put its catalog in
     // force: the last reload answered is the catalog served.
     let _reloading = state.reloads.lock().await;
@@ -201,7 +216,7 @@ pub async fn tokens_list(
         super::WriteProblems,
 ))]
 pub async fn token_create(
-    _caller: Authorized<Admins>,
+    caller: Authorized<Admins>,
     State(state): State<AppState>,
     Json(request): Json<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
@@ -214,7 +229,7 @@ pub async fn token_create(
         .write()
         .expect("token lock poisoned")
         .add(record.clone());
-    tracing::info!(id = record.id(), role = %record.role, subject = %record.subject, "token created");
+    tracing::info!(id = record.id(), role = %record.role, subject = %record.subject, by = %caller.subject, "token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -238,7 +253,7 @@ pub async fn token_create(
         super::WriteProblems,
 ))]
 pub async fn token_revoke(
-    _caller: Authorized<Admins>,
+    caller: Authorized<Admins>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
@@ -263,7 +278,7 @@ pub async fn token_revoke(
         .write()
         .expect("token lock poisoned")
         .remove(&revoked.hash);
-    tracing::info!(id = revoked.id(), role = %revoked.role, subject = %revoked.subject, "token revoked");
+    tracing::info!(id = revoked.id(), role = %revoked.role, subject = %revoked.subject, by = %caller.subject, "token revoked");
     Ok(Json(TokenView::from(&revoked)))
 }
 

@@ -114,6 +114,9 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         let tokens = state.tokens.read().expect("token lock poisoned");
         let record = tokens.authenticate(token).ok_or(ApiError::TokenRefused)?;
+        if let Some(slot) = parts.extensions.get::<super::observe::ActorSlot>() {
+            slot.set(&record.subject);
+        }
         Ok(Caller {
             subject: record.subject.clone(),
             role: record.role,

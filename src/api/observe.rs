@@ -1,7 +1,7 @@
-//! Observability for every request: one log line with a request id, and Prometheus metrics by
-//! route and status with a latency histogram.
+//! Observability for every request: one log line with a request id and who made it, and
+//! Prometheus metrics by route and status with a latency histogram.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -50,6 +50,21 @@ fn acceptable_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Who made a request, as its token says: set by the `Caller` extractor, read for the request's
+/// log line. Empty for a request with no accepted token.
+#[derive(Debug, Clone, Default)]
+pub struct ActorSlot(Arc<OnceLock<String>>);
+
+impl ActorSlot {
+    pub fn set(&self, subject: &str) {
+        let _ = self.0.set(subject.to_owned());
+    }
+}
+
+/// The routes probes and scrapers call every few seconds: their lines are logged at debug, so
+/// the request log is the requests people and case systems make.
+const PROBES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request
@@ -68,6 +83,8 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let actor = ActorSlot::default();
+    request.extensions_mut().insert(actor.clone());
     let mut response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -82,14 +99,13 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     metrics::counter!("safeguard_http_requests_total", &labels).increment(1);
     metrics::histogram!("safeguard_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
-    tracing::info!(
-        request_id = %request_id,
-        %method,
-        %path,
-        status,
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+    let actor = actor.0.get().map_or("-", String::as_str);
+    let micros = elapsed.as_micros() as u64;
+    if PROBES.contains(&path.as_str()) {
+        tracing::debug!(request_id = %request_id, %method, %path, status, micros, actor, "request");
+    } else {
+        tracing::info!(request_id = %request_id, %method, %path, status, micros, actor, "request");
+    }
     response
 }
 

@@ -560,8 +560,7 @@ impl Partial {
             unchanged: self.unchanged,
             changed: self.changed,
             reworded: self.reworded,
-            irreproducible: recorded
-                .then_some(self.changed + self.reworded + self.rejected_count),
+            irreproducible: recorded.then_some(self.changed + self.reworded + self.rejected_count),
             levels,
             matrix,
             score_shift: self

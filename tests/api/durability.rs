@@ -10,7 +10,7 @@ use safeguard::store::GENESIS_HASH;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::common::{json_of, problem, spawn_app, valid_input, TestApp, TOOL};
+use crate::common::{json_of, spawn_app, valid_input, TestApp, TOOL};
 
 /// Every revision of every decision of `cases`, in journal order.
 async fn journal(app: &TestApp, cases: &[&str]) -> Vec<Value> {
@@ -244,44 +244,4 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_decision() {
     let ids: HashSet<&str> = answers.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(app.case_decisions("case-a").await.len(), 1);
-}
-
-#[tokio::test]
-async fn a_data_folder_replaced_under_the_running_service_takes_no_more_writes() {
-    let app = spawn_app().await;
-    app.decide("case-1", TOOL).await;
-
-    // An operator "restores" a copy over the folder while the service runs: the service's open
-    // files are no longer the folder's.
-    let data = app.data_dir().to_owned();
-    let aside = data.with_extension("aside");
-    std::fs::rename(&data, &aside).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    for entry in std::fs::read_dir(&aside).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
-        }
-    }
-
-    // A write is not acknowledged: it would be lost at the next start.
-    let response = app
-        .submit("case-2", TOOL, &valid_input(TOOL), Role::Practitioner)
-        .await;
-    let body = problem(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "/problems/store-unavailable",
-    )
-    .await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("restarted"),
-        "{body}"
-    );
-    let ready = app
-        .request(Method::GET, "/readyz", None)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -371,7 +371,16 @@ async fn every_request_has_one_log_line_with_the_request_id_its_response_carries
         assert_eq!(fields["path"], "/v1/tools", "{fields}");
         assert_eq!(fields["status"], status, "{fields}");
         assert!(fields["micros"].is_u64(), "{fields}");
+        // Who made it, as the token says; no one for a request whose token was refused.
+        let actor = if status == 401 { "-" } else { "site" };
+        assert_eq!(fields["actor"], actor, "{fields}");
     }
+    // Probes are not logged at info: the server waited for /healthz as it started.
+    assert!(
+        lines.iter().all(|l| l["fields"]["path"] != "/healthz"),
+        "{}",
+        server.log()
+    );
     // Tokens are never logged, nor the forged id.
     assert!(!server.log().contains(&site.practitioner));
     assert!(!server.log().contains("x status=500"));
@@ -1052,6 +1061,53 @@ async fn the_first_admin_token_is_printed_alone_on_standard_output_and_logs_go_t
         !err.contains('\u{1b}'),
         "no colour codes in a log that is not a terminal:\n{err}"
     );
+}
+
+/// Run as its own process: sled's concurrency control is one lock for every store in a process,
+/// and a store whose folder went from under it should not hold up the test process's others.
+#[tokio::test]
+async fn a_data_folder_replaced_under_the_running_service_takes_no_more_writes() {
+    let site = Site::new();
+    let client = client();
+    let mut server = Server::start(&site, 0, &client).await;
+    let (status, _) = submit(&client, &server, &site.practitioner, "before").await;
+    assert_eq!(status, 201);
+
+    // An operator "restores" a copy over the folder while the service runs: the files the
+    // service has open are no longer the folder's.
+    let data = site.data_dir();
+    let aside = data.with_extension("aside");
+    std::fs::rename(&data, &aside).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&aside)
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // A write is not acknowledged: it would be lost at the next start.
+    let (status, problem) = submit(&client, &server, &site.practitioner, "after").await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], "/problems/store-unavailable", "{problem}");
+    let ready = client
+        .get(format!("{}/readyz", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        server
+            .log()
+            .contains("no longer the data file the service opened"),
+        "{}",
+        server.log()
+    );
+
+    // It stops when asked, saying the store failed.
+    server.signal(Signal::SIGTERM);
+    let status = server.exited().await;
+    assert_eq!(status.code(), Some(1), "{}", server.log());
 }
 
 #[tokio::test]
