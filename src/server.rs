@@ -149,8 +149,12 @@ impl Server {
         #[cfg(unix)]
         let hangups = reload_on_hangup(state.clone())?;
         api::serve(listener, state, options, shutdown).await?;
+        // Ended, and gone with its handle on the state, before the store is closed below.
         #[cfg(unix)]
-        hangups.abort();
+        {
+            hangups.abort();
+            let _ = hangups.await;
+        }
         // The last handle to the store closes it on a blocking thread: the writer is joined, so
         // a failure of the last appends it wrote is seen too.
         let failure = match Arc::try_unwrap(store) {
