@@ -453,6 +453,11 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
                 0o600,
             )
             .open(path)
+            .and_then(|file| {
+                // `mode` applies only to a file it creates; one that was there is made private too.
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok(file)
+            })
             .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

@@ -74,15 +74,15 @@ async fn reload_files(state: &AppState) -> Result<Reloaded, ApiError> {
         let catalog = Catalog::load(&root)?;
         let report = crate::check::run_against(&root, &catalog);
         let cases_run = report.tools.iter().map(|t| t.cases.len()).sum::<usize>();
-        let tested: std::collections::HashSet<&str> = report
-            .tools
-            .iter()
-            .filter(|t| !t.cases.is_empty())
-            .map(|t| t.id.as_str())
-            .collect();
+        // The version served: a plugin's replacement is checked by its own cases, not by the
+        // core's, which ran against the core version.
         let untested: Vec<String> = catalog
             .tools()
-            .filter(|t| !tested.contains(t.id()))
+            .filter(|t| {
+                report
+                    .tool_from(t.id(), &t.source.to_string())
+                    .is_none_or(|r| r.cases.is_empty())
+            })
             .map(|t| t.id().to_owned())
             .collect();
         Ok((catalog, report.broken_cases(), cases_run, untested))

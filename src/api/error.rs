@@ -82,7 +82,7 @@ pub enum ApiError {
     Unavailable,
     /// The store takes no writes: one could not be made durable earlier, or it has lost
     /// revisions. The cause was logged when it happened; the answer says only what to do.
-    #[error("nothing was stored: the store takes no writes until the service is restarted, because an earlier write could not be made durable (a full or failing disk, say); the cause is in the service log")]
+    #[error("nothing was stored: the store takes no writes until the service is restarted, because a write could not be made durable (a full or failing disk, or a data folder moved while the service ran); the cause is in the service log")]
     StoreUnavailable,
     #[error("something went wrong on our side; it has been logged")]
     Internal(String),

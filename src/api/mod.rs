@@ -300,6 +300,23 @@ pub fn app(state: AppState) -> Router {
 ///
 /// Not `axum::serve`: it gives hyper no timer, so hyper's header read timeout never runs and a
 /// client that opens a connection and sends nothing (or half a head) holds it for ever.
+/// One connection counted in `safeguard_connections_open` for as long as it lives, however its
+/// task ends (finished, or aborted at the end of the shutdown grace).
+struct OpenConnection;
+
+impl OpenConnection {
+    fn counted() -> Self {
+        metrics::gauge!("safeguard_connections_open").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("safeguard_connections_open").decrement(1.0);
+    }
+}
+
 pub async fn serve(
     mut listener: TcpListener,
     state: AppState,
@@ -313,14 +330,6 @@ pub async fn serve(
         .header_read_timeout(options.read_timeout);
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     metrics::gauge!("safeguard_connections_max").set(options.max_connections as f64);
-    let open = {
-        let slots = Arc::clone(&slots);
-        let max = options.max_connections;
-        move || {
-            metrics::gauge!("safeguard_connections_open")
-                .set((max - slots.available_permits()) as f64)
-        }
-    };
     // When every place was last said to be taken: said at most once a minute.
     let mut full_since: Option<std::time::Instant> = None;
     let graceful = GracefulShutdown::new();
@@ -337,6 +346,8 @@ pub async fn serve(
             // `Listener::accept` retries by itself on errors (waiting a second when out of file
             // descriptors), as `axum::serve` does.
             (slot, (stream, _)) = async {
+                // Every place taken: the next connection waits until one closes. Counted each
+                // time it happens; said at most once a minute.
                 if slots.available_permits() == 0 {
                     metrics::counter!("safeguard_connections_full_total").increment(1);
                 }
@@ -353,8 +364,7 @@ pub async fn serve(
                 (slot, Listener::accept(&mut listener).await)
             } => {
                 while connections.try_join_next().is_some() {}
-                open();
-                let closed = open.clone();
+                let open = OpenConnection::counted();
                 let service = TowerToHyperService::new(app.clone());
                 // A client that stops reading its answer is cut off like one that stops sending
                 // its request: it would otherwise hold the connection, and the answer's memory.
@@ -367,7 +377,7 @@ pub async fn serve(
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     drop(slot);
-                    closed();
+                    drop(open);
                 });
             }
         }

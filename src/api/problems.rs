@@ -286,8 +286,8 @@ impl ProblemType {
                 "store-unavailable",
                 "The store cannot take writes",
                 StatusCode::SERVICE_UNAVAILABLE,
-                "An earlier write could not be made durable (a full or failing disk). Nothing of this request was stored, and no write is taken until the service is restarted; reads are still answered.",
-                "An operator must free or repair the disk and restart the service; then send the request again.",
+                "A write could not be made durable (a full or failing disk, or a data folder moved or replaced while the service ran). This request was not stored, and no write is taken until the service is restarted; reads are still answered.",
+                "An operator must find the cause in the service log, repair it (free or repair the disk, put the data folder back) and restart the service; then send the request again.",
             ),
             Internal => (
                 "internal",

@@ -124,6 +124,11 @@ pub fn dashboard(
         let case = entry(&mut cases, &standing.latest.case_id);
         case.last.see(catalog, &standing);
         let assessed_seq = standing.assessed.seq;
+        // Whether it is the latest of its tool in its case, for its review, as in the journey.
+        let latest_of_tool = case
+            .reviews
+            .get(&standing.latest.tool.id)
+            .is_none_or(|current| standing.supersedes(current.assessed_seq));
         let revision = standing.latest;
         let level = revision.effective_level().to_owned();
         let overridden = revision.override_.is_some();
@@ -154,16 +159,8 @@ pub fn dashboard(
                 decision_id: revision.decision_id.clone(),
                 due,
             };
-            match case.reviews.get_mut(&revision.tool.id) {
-                Some(current) => {
-                    // The later assessment wins, as in the case journey (`Standing::supersedes`).
-                    if candidate.assessed_seq >= current.assessed_seq {
-                        *current = candidate;
-                    }
-                }
-                None => {
-                    case.reviews.insert(revision.tool.id.clone(), candidate);
-                }
+            if latest_of_tool {
+                case.reviews.insert(revision.tool.id.clone(), candidate);
             }
         }
 

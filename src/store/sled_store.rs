@@ -91,7 +91,9 @@ impl Default for StoreOptions {
 /// The sled-backed [`Store`].
 pub struct SledStore {
     db: sled::Db,
-    /// sled's data file (`<dir>/db`), for `fdatasync` after writes outside the writer.
+    /// sled's data file (`<dir>/db`) as opened, for `fdatasync` after writes outside the writer,
+    /// and its path, to see that it is still the file there.
+    data_file: File,
     data_path: PathBuf,
     tx: mpsc::Sender<Command>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -147,6 +149,7 @@ impl SledStore {
         // The directory entries of a new store must be durable too.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
+        let store_file = data_file.try_clone()?;
         let anchor_path = dir.join(ANCHOR_FILE);
         let anchor = std::fs::OpenOptions::new()
             .write(true)
@@ -186,6 +189,7 @@ impl SledStore {
             .spawn(move || writer.run(rx))?;
         Ok(SledStore {
             db,
+            data_file: store_file,
             data_path: dir.join("db"),
             tx,
             writer: Some(writer),
@@ -194,11 +198,13 @@ impl SledStore {
         })
     }
 
-    /// Flushes sled and `fdatasync`s its data file: a write outside the writer made durable.
+    /// Flushes sled and `fdatasync`s its data file: a write outside the writer made durable,
+    /// in the data folder a later start will read (see [`still_in_place`]).
     fn make_durable(&self) -> StoreResult<()> {
+        still_in_place(&self.data_path, &self.data_file)?;
         self.db.flush()?;
-        File::open(&self.data_path)?.sync_data()?;
-        Ok(())
+        self.data_file.sync_data()?;
+        still_in_place(&self.data_path, &self.data_file)
     }
 
     fn revision_at(&self, seq: &[u8]) -> StoreResult<Revision> {
@@ -475,6 +481,11 @@ impl Store for SledStore {
     }
 
     fn idempotent(&self, key: &super::IdempotencyKey) -> StoreResult<Option<Revision>> {
+        // A batch that could not be made durable may still be in sled's memory, its
+        // idempotency record with it: a retry must not be told the refused write succeeded.
+        if let Some(refusal) = self.failure.refusal() {
+            return Err(refusal);
+        }
         stored_replay(&self.db, key)
     }
 
@@ -489,6 +500,25 @@ impl Store for SledStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether `opened`, the data file the service writes, is still the file at `path`. A data
+/// folder moved, deleted or replaced by new files (a backup copied or renamed into its place)
+/// while the service runs leaves it writing to a file no later start will read: every write from
+/// then on would be lost, so none is acknowledged and the store takes no more. (Files copied over
+/// the old ones in place keep their identity, and are not seen here.)
+fn still_in_place(path: &Path, opened: &File) -> StoreResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let opened = opened.metadata()?;
+    let same = std::fs::metadata(path)
+        .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()));
+    if same {
+        return Ok(());
+    }
+    Err(StoreError::Io(format!(
+        "{} is no longer the data file the service opened: the data folder was moved, deleted or replaced while the service ran, so what it writes would be lost at the next start (stop the service before restoring a backup; docs/operations.md)",
+        path.display()
+    )))
 }
 
 /// Makes the store's folder, readable by the service's user only (what it holds is children's
@@ -521,10 +551,19 @@ fn lost_revisions(
     head: &Head,
     anchor_path: &Path,
 ) -> StoreResult<Option<StoreError>> {
-    let Some(anchor) = std::fs::read_to_string(anchor_path)
-        .ok()
-        .and_then(|text| parse_anchor(&text))
-    else {
+    let text = match std::fs::read_to_string(anchor_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            tracing::warn!(anchor = %anchor_path.display(), error = %e, "the anchor file cannot be read: whether revisions were lost is not checked");
+            return Ok(None);
+        }
+    };
+    let Some(anchor) = parse_anchor(&text) else {
+        // A new store's is empty; a torn write (it is not synced) reads as no anchor.
+        if !text.is_empty() {
+            tracing::warn!(anchor = %anchor_path.display(), "the anchor file is not whole: whether revisions were lost is not checked");
+        }
         return Ok(None);
     };
     let remedy = format!(
@@ -544,10 +583,13 @@ fn lost_revisions(
         return Ok(None);
     }
     let key = journal_key(anchor.seq);
-    let stored_hash = match db.get(key)? {
-        Some(bytes) => Some(decode_revision(&bytes)?.hash),
-        None => None,
-    };
+    // The stored hash alone: an entry too damaged to read is a mismatch, for `verify` to name,
+    // not a store that cannot be opened to verify it.
+    let stored = db.get(key)?;
+    let stored_hash = stored
+        .as_deref()
+        .and_then(|bytes| super::Entry::split(bytes).ok())
+        .map(|entry| entry.hash.to_owned());
     if stored_hash.as_deref() == Some(anchor.hash.as_str()) {
         return Ok(None);
     }
@@ -887,6 +929,10 @@ impl Writer {
     }
 
     fn make_durable(&self, batch: sled::Batch, batch_began: SystemTime) -> StoreResult<()> {
+        let data_path = self.dir.join("db");
+        // Before the batch reaches sled, so nothing of it is kept when the folder is gone; and
+        // again once it is on disk, for a folder replaced while it was written.
+        still_in_place(&data_path, &self.data_file)?;
         let phase = Instant::now();
         self.db.apply_batch(batch)?;
         let phase = phase_done("apply", phase);
@@ -895,26 +941,7 @@ impl Writer {
         self.data_file.sync_data()?;
         sync_new_blobs(&self.dir.join("blobs"), batch_began)?;
         phase_done("sync", phase);
-        self.still_in_place()
-    }
-
-    /// Whether the data file the writer wrote is still the one at its path. A data folder moved,
-    /// deleted or replaced (a backup copied over it) while the service runs leaves it writing to
-    /// files no later start will read: every write from then on would be lost. Such a batch is
-    /// not acknowledged, and the store takes no more writes.
-    fn still_in_place(&self) -> StoreResult<()> {
-        use std::os::unix::fs::MetadataExt;
-        let path = self.dir.join("db");
-        let opened = self.data_file.metadata()?;
-        let same = std::fs::metadata(&path)
-            .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()));
-        if same {
-            return Ok(());
-        }
-        Err(StoreError::Io(format!(
-            "{} is no longer the data file the service opened: the data folder was moved, deleted or replaced while the service ran, so what it writes would be lost at the next start (stop the service before restoring a backup; docs/operations.md)",
-            path.display()
-        )))
+        still_in_place(&data_path, &self.data_file)
     }
 
     fn prepare(

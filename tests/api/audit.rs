@@ -854,8 +854,9 @@ async fn verify_catches_one_byte_changed_in_a_stored_revision() {
     assert!(reason.contains("does not match its hash"), "{reason}");
 }
 
-/// The store as sled's recovery leaves it when it stops at damage: the last revision gone with
-/// the head that named it, the journal whole up to the one before.
+/// The store as sled's recovery leaves it when it stops at damage: the batch of the revision
+/// after `seq` gone whole (its journal entry, its index entries, the head that named it), the
+/// journal whole up to `seq`.
 fn truncate_to(db: &sled::Db, seq: u64) {
     let last = db
         .get(journal_key(seq))
@@ -869,6 +870,23 @@ fn truncate_to(db: &sled::Db, seq: u64) {
     db.remove(journal_key(seq + 1))
         .unwrap()
         .expect("the next revision was stored");
+    // The decision index (`d`) names the revision's seq in its value; the case, tool and time
+    // indexes (`c`, `t`, `w`) end their keys with it.
+    let lost = (seq + 1).to_be_bytes();
+    let mut indexed = 0;
+    for entry in db.iter() {
+        let (key, value) = entry.unwrap();
+        let names_it = match key[0] {
+            b'd' => value.as_ref() == lost,
+            b'c' | b't' | b'w' => key.ends_with(&lost),
+            _ => false,
+        };
+        if names_it {
+            db.remove(&key).unwrap();
+            indexed += 1;
+        }
+    }
+    assert!(indexed >= 3, "the lost revision's index entries were found");
     db.insert(b"h", serde_json::to_vec(&head).unwrap()).unwrap();
 }
 

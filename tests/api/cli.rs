@@ -302,7 +302,10 @@ fn the_data_folder_and_an_export_file_are_readable_by_their_owner_only() {
         "the data folder holds children's records"
     );
 
+    // A file already there, open to everyone, is made private too.
     let out = root.path().join("export.jsonl");
+    fs::write(&out, "old").unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).unwrap();
     let exported = safeguard_on(&data, &["export", "--out", out.to_str().unwrap()]);
     assert!(exported.status.success(), "{exported:?}");
     assert_eq!(mode(&out), 0o600);

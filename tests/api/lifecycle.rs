@@ -602,16 +602,27 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     let warnings = logged(&server, "WARN", "every connection place is taken");
     assert_eq!(warnings.len(), 1, "{}", server.log());
     drop((second, third));
-    let metrics = client()
-        .get(format!("http://{}/metrics", server.socket_address()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
+    // Once the server has seen them close, the one open connection is the scrape's own.
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let metrics = loop {
+        let metrics = client()
+            .get(format!("http://{}/metrics", server.socket_address()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("safeguard_connections_open 1\n") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(metrics.contains("safeguard_connections_max 2"), "{metrics}");
-    assert!(metrics.contains("safeguard_connections_open "), "{metrics}");
+    assert!(
+        metrics.contains("safeguard_connections_open 1\n"),
+        "{metrics}"
+    );
     let waited = metrics
         .lines()
         .find_map(|l| l.strip_prefix("safeguard_connections_full_total "))
@@ -709,6 +720,8 @@ async fn submit(
     let response = client
         .post(format!("{}/v1/cases/{case}/decisions", server.address))
         .bearer_auth(token)
+        // Each case's own key: a test may retry a submit exactly as a case system would.
+        .header("Idempotency-Key", case)
         .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
         .send()
         .await
@@ -755,6 +768,11 @@ async fn a_store_that_cannot_make_a_write_durable_refuses_writes_with_503_keeps_
         !detail.contains("os error") && !detail.contains("Os {"),
         "{detail}"
     );
+    // The refused submit's retry is refused too: its batch may be in sled's memory, idempotency
+    // record and all, but it is not durable, and the retry must not be told it was stored.
+    let refused_case = format!("full-{}", acknowledged.len());
+    let (status, retried) = submit(&client, &server, &site.practitioner, &refused_case).await;
+    assert_eq!(status, 503, "{retried}");
     // Every later write is refused the same way, without trying the disk again.
     let (status, again) = submit(&client, &server, &site.practitioner, "full-after").await;
     assert_eq!(
@@ -1086,10 +1104,22 @@ async fn a_data_folder_replaced_under_the_running_service_takes_no_more_writes()
         .unwrap();
     assert!(copied.success());
 
-    // A write is not acknowledged: it would be lost at the next start.
-    let (status, problem) = submit(&client, &server, &site.practitioner, "after").await;
-    assert_eq!(status, 503, "{problem}");
-    assert_eq!(problem["type"], "/problems/store-unavailable", "{problem}");
+    // A write is not acknowledged: it would be lost at the next start; nor is its retry under
+    // the same Idempotency-Key told that it was.
+    for attempt in ["first", "retry"] {
+        let response = client
+            .post(format!("{}/v1/cases/after/decisions", server.address))
+            .bearer_auth(&site.practitioner)
+            .header("Idempotency-Key", "after-1")
+            .json(&json!({"tool": TOOL, "input": valid_input(TOOL)}))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status();
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(status, 503, "{attempt}: {problem}");
+        assert_eq!(problem["type"], "/problems/store-unavailable", "{problem}");
+    }
     let ready = client
         .get(format!("{}/readyz", server.address))
         .send()
