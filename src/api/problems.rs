@@ -5,9 +5,23 @@
 
 use axum::http::StatusCode;
 
-/// A kind of problem: its slug, title and status, and the page that explains it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProblemType {
+/// Declares [`ProblemType`] and its list of every kind, from one list of names.
+macro_rules! problem_types {
+    ($($kind:ident),* $(,)?) => {
+        /// A kind of problem: its slug, title and status, and the page that explains it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($kind),*
+        }
+
+        impl ProblemType {
+            /// Every kind, in the order the index page lists them.
+            pub const ALL: &'static [ProblemType] = &[$(ProblemType::$kind),*];
+        }
+    };
+}
+
+problem_types! {
     Unauthorized,
     Forbidden,
     FourEyes,
@@ -51,44 +65,12 @@ pub struct ProblemDoc {
 }
 
 impl ProblemType {
-    /// Every kind, in the order the index page lists them.
-    pub const ALL: [ProblemType; 28] = {
-        use ProblemType::*;
-        [
-            Unauthorized,
-            Forbidden,
-            FourEyes,
-            InvalidForm,
-            InvalidRequest,
-            InvalidFilter,
-            UnsupportedMediaType,
-            PayloadTooLarge,
-            RequestTimeout,
-            UnknownTool,
-            UnknownDecision,
-            UnknownVersion,
-            CandidateInvalid,
-            NotFound,
-            MethodNotAllowed,
-            InvalidOverride,
-            NoPendingOverride,
-            Conflict,
-            RevisionRequired,
-            IdempotencyMismatch,
-            ScriptLimit,
-            ToolError,
-            CatalogInvalid,
-            UnknownToken,
-            TokenConflict,
-            Unavailable,
-            StoreUnavailable,
-            Internal,
-        ]
-    };
-
     /// The kind whose slug is `slug`.
     pub fn from_slug(slug: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.doc().slug == slug)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.doc().slug == slug)
     }
 
     /// The `type` of its problem documents, and the address of its page.
@@ -323,7 +305,7 @@ pub fn page(kind: ProblemType) -> String {
 /// The page at `/problems`: every problem type, linked.
 pub fn index() -> String {
     let rows: String = ProblemType::ALL
-        .into_iter()
+        .iter()
         .map(|kind| {
             let doc = kind.doc();
             format!(
@@ -378,7 +360,7 @@ mod tests {
         slugs.sort_unstable();
         slugs.dedup();
         assert_eq!(slugs.len(), ProblemType::ALL.len());
-        for kind in ProblemType::ALL {
+        for &kind in ProblemType::ALL {
             assert_eq!(ProblemType::from_slug(kind.doc().slug), Some(kind));
         }
         assert_eq!(ProblemType::from_slug("nope"), None);
