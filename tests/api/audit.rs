@@ -937,6 +937,45 @@ async fn a_store_that_lost_its_last_revisions_is_not_served_and_verify_says_what
     app.decide("case-4", TOOL).await;
 }
 
+#[tokio::test]
+async fn a_store_whose_anchor_names_another_revision_is_not_served() {
+    // Two stores of three revisions each: the anchor of one names its own third revision, whose
+    // hash the other's journal does not have, as when a folder's files are mixed with another's.
+    let (mut ours, mut theirs) = (spawn_app().await, spawn_app().await);
+    for case in ["case-1", "case-2", "case-3"] {
+        ours.decide(case, TOOL).await;
+        theirs.decide(case, TOOL).await;
+    }
+    ours.stop().await;
+    theirs.stop().await;
+    std::fs::copy(
+        theirs.data_dir().join("anchor"),
+        ours.data_dir().join("anchor"),
+    )
+    .unwrap();
+
+    let refused = loop {
+        match safeguard::server::Server::build(&ours.config()).await {
+            Err(e) if e.to_string().contains("another process") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => break e.to_string(),
+            Ok(_) => panic!("a store whose anchor is another's was served"),
+        }
+    };
+    assert!(
+        refused.contains("not the files the service last wrote"),
+        "{refused}"
+    );
+    // Verify, reading it, names the same break.
+    let store =
+        safeguard::store::SledStore::open_existing(ours.data_dir(), Default::default()).unwrap();
+    let report = safeguard::audit::verify::verify(&store, &|_| {}).unwrap();
+    assert!(!report.ok);
+    let reason = &report.first_break.as_ref().unwrap().reason;
+    assert!(reason.contains("anchor file says revision 3"), "{reason}");
+}
+
 // Disparity.
 
 /// Twelve decisions whose form says the risks are `present` (one of them overridden) and three
