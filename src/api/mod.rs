@@ -350,15 +350,13 @@ pub async fn serve(
                 // time it happens; said at most once a minute.
                 if slots.available_permits() == 0 {
                     metrics::counter!("safeguard_connections_full_total").increment(1);
-                }
-                if slots.available_permits() == 0
-                    && full_since.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                {
-                    full_since = Some(std::time::Instant::now());
-                    tracing::warn!(
-                        max_connections = options.max_connections,
-                        "every connection place is taken: new connections wait until one closes (an idle client holds its place for up to read_timeout_secs)"
-                    );
+                    if full_since.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        full_since = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            max_connections = options.max_connections,
+                            "every connection place is taken: new connections wait until one closes (an idle client holds its place for up to read_timeout_secs)"
+                        );
+                    }
                 }
                 let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                 (slot, Listener::accept(&mut listener).await)

@@ -91,10 +91,8 @@ impl Default for StoreOptions {
 /// The sled-backed [`Store`].
 pub struct SledStore {
     db: sled::Db,
-    /// sled's data file (`<dir>/db`) as opened, for `fdatasync` after writes outside the writer,
-    /// and its path, to see that it is still the file there.
-    data_file: File,
-    data_path: PathBuf,
+    /// sled's data file, for `fdatasync` after writes outside the writer.
+    data_file: DataFile,
     tx: mpsc::Sender<Command>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Why writes are refused, once one could not be made durable (shared with the writer).
@@ -148,7 +146,7 @@ impl SledStore {
         })?;
         // The directory entries of a new store must be durable too.
         File::open(dir)?.sync_all()?;
-        let data_file = File::open(dir.join("db"))?;
+        let data_file = DataFile::open(dir.join("db"))?;
         let store_file = data_file.try_clone()?;
         let anchor_path = dir.join(ANCHOR_FILE);
         let anchor = std::fs::OpenOptions::new()
@@ -190,7 +188,6 @@ impl SledStore {
         Ok(SledStore {
             db,
             data_file: store_file,
-            data_path: dir.join("db"),
             tx,
             writer: Some(writer),
             failure,
@@ -199,12 +196,11 @@ impl SledStore {
     }
 
     /// Flushes sled and `fdatasync`s its data file: a write outside the writer made durable,
-    /// in the data folder a later start will read (see [`still_in_place`]).
+    /// in the data folder a later start will read (see [`DataFile::still_in_place`]).
     fn make_durable(&self) -> StoreResult<()> {
-        still_in_place(&self.data_path, &self.data_file)?;
+        self.data_file.still_in_place()?;
         self.db.flush()?;
-        self.data_file.sync_data()?;
-        still_in_place(&self.data_path, &self.data_file)
+        self.data_file.sync()
     }
 
     fn revision_at(&self, seq: &[u8]) -> StoreResult<Revision> {
@@ -502,23 +498,58 @@ impl Store for SledStore {
     }
 }
 
-/// Whether `opened`, the data file the service writes, is still the file at `path`. A data
-/// folder moved, deleted or replaced by new files (a backup copied or renamed into its place)
-/// while the service runs leaves it writing to a file no later start will read: every write from
-/// then on would be lost, so none is acknowledged and the store takes no more. (Files copied over
-/// the old ones in place keep their identity, and are not seen here.)
-fn still_in_place(path: &Path, opened: &File) -> StoreResult<()> {
-    use std::os::unix::fs::MetadataExt;
-    let opened = opened.metadata()?;
-    let same = std::fs::metadata(path)
-        .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()));
-    if same {
-        return Ok(());
+/// sled's data file (`<dir>/db`) as the store opened it, and what it is on the file system
+/// (device and inode), taken once.
+struct DataFile {
+    file: File,
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl DataFile {
+    fn open(path: PathBuf) -> std::io::Result<DataFile> {
+        use std::os::unix::fs::MetadataExt;
+        let file = File::open(&path)?;
+        let opened = file.metadata()?;
+        Ok(DataFile {
+            identity: (opened.dev(), opened.ino()),
+            file,
+            path,
+        })
     }
-    Err(StoreError::Io(format!(
-        "{} is no longer the data file the service opened: the data folder was moved, deleted or replaced while the service ran, so what it writes would be lost at the next start (stop the service before restoring a backup; docs/operations.md)",
-        path.display()
-    )))
+
+    fn try_clone(&self) -> std::io::Result<DataFile> {
+        Ok(DataFile {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            identity: self.identity,
+        })
+    }
+
+    /// `fdatasync`s it, then checks it is still in place: a write is durable only in the file a
+    /// later start will read.
+    fn sync(&self) -> StoreResult<()> {
+        self.file.sync_data()?;
+        self.still_in_place()
+    }
+
+    /// Whether it is still the file at its path. A data folder moved, deleted or replaced by
+    /// new files (a backup copied or renamed into its place) while the service runs leaves it
+    /// writing to a file no later start will read: every write from then on would be lost, so
+    /// none is acknowledged and the store takes no more. (Files copied over the old ones in
+    /// place keep their identity, and are not seen here.)
+    fn still_in_place(&self) -> StoreResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        let same =
+            std::fs::metadata(&self.path).is_ok_and(|now| (now.dev(), now.ino()) == self.identity);
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::Io(format!(
+            "{} is no longer the data file the service opened: the data folder was moved, deleted or replaced while the service ran, so what it writes would be lost at the next start (stop the service before restoring a backup; docs/operations.md)",
+            self.path.display()
+        )))
+    }
 }
 
 /// Makes the store's folder, readable by the service's user only (what it holds is children's
@@ -834,7 +865,7 @@ impl ClockWatch {
 struct Writer {
     db: sled::Db,
     dir: PathBuf,
-    data_file: File,
+    data_file: DataFile,
     head: Head,
     last_millis: i64,
     clock: ClockWatch,
@@ -929,19 +960,18 @@ impl Writer {
     }
 
     fn make_durable(&self, batch: sled::Batch, batch_began: SystemTime) -> StoreResult<()> {
-        let data_path = self.dir.join("db");
         // Before the batch reaches sled, so nothing of it is kept when the folder is gone; and
         // again once it is on disk, for a folder replaced while it was written.
-        still_in_place(&data_path, &self.data_file)?;
+        self.data_file.still_in_place()?;
         let phase = Instant::now();
         self.db.apply_batch(batch)?;
         let phase = phase_done("apply", phase);
         self.db.flush()?;
         let phase = phase_done("flush", phase);
-        self.data_file.sync_data()?;
         sync_new_blobs(&self.dir.join("blobs"), batch_began)?;
+        self.data_file.sync()?;
         phase_done("sync", phase);
-        still_in_place(&data_path, &self.data_file)
+        Ok(())
     }
 
     fn prepare(

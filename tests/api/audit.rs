@@ -854,6 +854,27 @@ async fn verify_catches_one_byte_changed_in_a_stored_revision() {
     assert!(reason.contains("does not match its hash"), "{reason}");
 }
 
+/// Why the stopped `app`'s service will not start again on its store (once sled's threads from
+/// the last run have let go of its lock).
+async fn refused_start(app: &TestApp) -> String {
+    loop {
+        match safeguard::server::Server::build(&app.config()).await {
+            Err(e) if e.to_string().contains("another process") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return e.to_string(),
+            Ok(_) => panic!("the service started on a store that has lost revisions"),
+        }
+    }
+}
+
+/// `verify` of the stopped `app`'s store, as `safeguard verify` runs it.
+fn verify_stopped(app: &TestApp) -> safeguard::audit::verify::VerifyReport {
+    let store =
+        safeguard::store::SledStore::open_existing(app.data_dir(), Default::default()).unwrap();
+    safeguard::audit::verify::verify(&store, &|_| {}).unwrap()
+}
+
 /// The store as sled's recovery leaves it when it stops at damage: the batch of the revision
 /// after `seq` gone whole (its journal entry, its index entries, the head that named it), the
 /// journal whole up to `seq`.
@@ -905,27 +926,16 @@ async fn a_store_that_lost_its_last_revisions_is_not_served_and_verify_says_what
 
     // Serving it would put a new revision 3 where the lost one was and move the anchor past
     // the evidence: the service does not start, and says what to do.
-    let refused = loop {
-        match safeguard::server::Server::build(&app.config()).await {
-            Err(e) if e.to_string().contains("another process") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Err(e) => break e.to_string(),
-            Ok(_) => panic!("a store that lost a revision was served"),
-        }
-    };
+    let refused = refused_start(&app).await;
     assert!(refused.contains("revisions 3-3 are lost"), "{refused}");
     assert!(refused.contains("backup"), "{refused}");
 
     // It can still be read and verified (as `safeguard verify` does, the service stopped).
-    let store =
-        safeguard::store::SledStore::open_existing(app.data_dir(), Default::default()).unwrap();
-    let report = safeguard::audit::verify::verify(&store, &|_| {}).unwrap();
+    let report = verify_stopped(&app);
     assert!(!report.ok);
     assert_eq!(report.revisions, 2);
     let reason = &report.first_break.as_ref().unwrap().reason;
     assert!(reason.contains("missing from the end"), "{reason}");
-    drop(store);
 
     // The loss accepted (the anchor moved aside, kept): served again, and writes go on.
     let anchor = app.data_dir().join("anchor");
@@ -954,23 +964,13 @@ async fn a_store_whose_anchor_names_another_revision_is_not_served() {
     )
     .unwrap();
 
-    let refused = loop {
-        match safeguard::server::Server::build(&ours.config()).await {
-            Err(e) if e.to_string().contains("another process") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Err(e) => break e.to_string(),
-            Ok(_) => panic!("a store whose anchor is another's was served"),
-        }
-    };
+    let refused = refused_start(&ours).await;
     assert!(
         refused.contains("not the files the service last wrote"),
         "{refused}"
     );
     // Verify, reading it, names the same break.
-    let store =
-        safeguard::store::SledStore::open_existing(ours.data_dir(), Default::default()).unwrap();
-    let report = safeguard::audit::verify::verify(&store, &|_| {}).unwrap();
+    let report = verify_stopped(&ours);
     assert!(!report.ok);
     let reason = &report.first_break.as_ref().unwrap().reason;
     assert!(reason.contains("anchor file says revision 3"), "{reason}");
