@@ -152,6 +152,53 @@ impl Report {
     }
 }
 
+/// What the cases say about a catalog about to be put in force, at start or on a reload: it goes
+/// live only when `broken` is empty.
+#[derive(Debug)]
+pub struct Gate {
+    /// Every case that failed or could not be read, as `(where, what)`.
+    pub broken: Vec<(String, String)>,
+    /// How many cases ran.
+    pub cases_run: usize,
+    /// Tools served with no case to pin what they decide: nothing checked them.
+    pub untested: Vec<String>,
+}
+
+/// Runs the cases under `root` against `served`, the catalog loaded from it, for a start or a
+/// reload to decide whether it may go live.
+pub fn gate(root: &Path, served: &Catalog) -> Gate {
+    let report = run_against(root, served);
+    let cases_run = report.tools.iter().map(|t| t.cases.len()).sum::<usize>();
+    // The version served: a plugin's replacement is checked by its own cases, not by the
+    // core's, which ran against the core version.
+    let untested = served
+        .tools()
+        .filter(|t| {
+            report
+                .tool_from(t.id(), &t.source.to_string())
+                .is_none_or(|r| r.cases.is_empty())
+        })
+        .map(|t| t.id().to_owned())
+        .collect();
+    Gate {
+        broken: report.broken_cases(),
+        cases_run,
+        untested,
+    }
+}
+
+impl Gate {
+    /// Warns, when some tool goes live with no case to check it, that it does.
+    pub fn warn_untested(&self) {
+        if !self.untested.is_empty() {
+            tracing::warn!(
+                untested = ?self.untested,
+                "tools were put in force with no case to check them: is the tools folder's tests/cases deployed?"
+            );
+        }
+    }
+}
+
 /// Checks the catalog under `root`; with `only`, just that tool's cases.
 ///
 /// Core cases pin the core tools as shipped, so they run against the catalog without plugins;

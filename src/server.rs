@@ -18,6 +18,10 @@ use crate::store::{SledStore, Store, StoreError};
 pub enum StartError {
     #[error("the catalog has {} problem(s); nothing is served until they are fixed:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Catalog(Vec<LoadError>),
+    /// The tool cases that pin what the catalog decides do not pass: it would decide otherwise
+    /// than its owners tested, so it is not served (a reload refuses the same catalog).
+    #[error("{} tool case(s) fail; nothing is served until they pass (`safeguard check` shows the report):\n{}", .0.len(), .0.iter().map(|(at, what)| format!("  {at}: {what}")).collect::<Vec<_>>().join("\n"))]
+    Cases(Vec<(String, String)>),
     // Not `#[from]`: that would also make the store error this one's source, and the chain
     // printed at exit would say it twice.
     #[error("cannot open the store: {0}")]
@@ -57,7 +61,25 @@ pub struct Server {
 impl Server {
     /// Loads everything `config` names and binds its address (port 0 picks a free one).
     pub async fn build(config: &Config) -> Result<Server, StartError> {
-        let catalog = Catalog::load(&config.tools_dir).map_err(StartError::Catalog)?;
+        // The catalog goes live at start only as a reload would put it in force: loaded whole,
+        // its cases passing. Compiling and running them is CPU work, off the async threads.
+        let root = config.tools_dir.clone();
+        let (catalog, gate) = tokio::task::spawn_blocking(move || {
+            let catalog = Catalog::load(&root).map_err(StartError::Catalog)?;
+            let gate = crate::check::gate(&root, &catalog);
+            Ok::<_, StartError>((catalog, gate))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        if !gate.broken.is_empty() {
+            return Err(StartError::Cases(gate.broken));
+        }
+        tracing::info!(
+            tools = catalog.tools().count(),
+            cases_run = gate.cases_run,
+            "catalog loaded"
+        );
+        gate.warn_untested();
         let store = Arc::new(SledStore::open(&config.data_dir, config.store_options())?);
         // A store that has lost revisions is served by no one: it would refuse every write, and
         // an operator must choose what to restore.

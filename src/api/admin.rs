@@ -72,20 +72,8 @@ async fn reload_files(state: &AppState) -> Result<Reloaded, ApiError> {
     // of CPU at worst, off the async threads.
     let loaded = tokio::task::spawn_blocking(move || {
         let catalog = Catalog::load(&root)?;
-        let report = crate::check::run_against(&root, &catalog);
-        let cases_run = report.tools.iter().map(|t| t.cases.len()).sum::<usize>();
-        // The version served: a plugin's replacement is checked by its own cases, not by the
-        // core's, which ran against the core version.
-        let untested: Vec<String> = catalog
-            .tools()
-            .filter(|t| {
-                report
-                    .tool_from(t.id(), &t.source.to_string())
-                    .is_none_or(|r| r.cases.is_empty())
-            })
-            .map(|t| t.id().to_owned())
-            .collect();
-        Ok((catalog, report.broken_cases(), cases_run, untested))
+        let gate = crate::check::gate(&root, &catalog);
+        Ok((catalog, gate))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -96,18 +84,17 @@ async fn reload_files(state: &AppState) -> Result<Reloaded, ApiError> {
             .collect();
         ApiError::CatalogInvalid(violations)
     };
-    let (catalog, broken_cases, cases_run, untested) =
-        loaded.map_err(|errors: Vec<crate::catalog::LoadError>| {
-            violations(
-                errors
-                    .into_iter()
-                    .map(|e| (e.location(), e.message))
-                    .collect(),
-            )
-        })?;
+    let (catalog, gate) = loaded.map_err(|errors: Vec<crate::catalog::LoadError>| {
+        violations(
+            errors
+                .into_iter()
+                .map(|e| (e.location(), e.message))
+                .collect(),
+        )
+    })?;
     // A catalog whose own cases fail does not go live: they pin what it decides.
-    if !broken_cases.is_empty() {
-        return Err(violations(broken_cases));
+    if !gate.broken.is_empty() {
+        return Err(violations(gate.broken));
     }
     let old = state.decisions.catalog();
     let mut changed: Vec<String> = catalog
@@ -125,18 +112,13 @@ async fn reload_files(state: &AppState) -> Result<Reloaded, ApiError> {
         .decisions
         .replace_catalog(catalog)
         .map_err(ApiError::from)?;
-    tracing::info!(changed = ?changed, cases_run, "catalog reloaded");
-    if !untested.is_empty() {
-        tracing::warn!(
-            untested = ?untested,
-            "tools were put in force with no case to check them: is the tools folder's tests/cases deployed?"
-        );
-    }
+    tracing::info!(changed = ?changed, cases_run = gate.cases_run, "catalog reloaded");
+    gate.warn_untested();
     Ok(Reloaded {
         tools,
         changed,
-        cases_run,
-        untested,
+        cases_run: gate.cases_run,
+        untested: gate.untested,
     })
 }
 

@@ -1169,6 +1169,16 @@ async fn sighup_reloads_the_catalog_and_the_service_goes_on() {
         reloaded["fields"]["cases_run"].as_u64() > Some(0),
         "{reloaded}"
     );
+    // And so did the start.
+    let loaded = server
+        .log_lines()
+        .into_iter()
+        .find(|l| l["fields"]["message"] == "catalog loaded")
+        .expect("the start's line");
+    assert_eq!(
+        loaded["fields"]["cases_run"],
+        reloaded["fields"]["cases_run"]
+    );
 
     server.signal(Signal::SIGTERM);
     assert!(server.exited().await.success(), "{}", server.log());

@@ -535,8 +535,9 @@ async fn a_replacement_script_importing_a_computed_name_is_refused_at_its_line()
 }
 
 /// A plugin whose replacement script returns the level `urgent`, which harm-analysis does not
-/// declare, with a plugin case that expects `medium`.
-fn undeclared_level_plugin() -> tempfile::TempDir {
+/// declare; `with_case`, with a plugin case that expects `medium`. That case stops it going live
+/// (at start or on a reload); deployed without it, only the outcome check stands in its way.
+fn undeclared_level_plugin(with_case: bool) -> tempfile::TempDir {
     let root = catalog_copy(false);
     let script = "fn decide(form, params) {\n    import \"harm-analysis\" as core;\n    let out = core::decide(form, params);\n    out.level = \"urgent\";\n    out\n}\n";
     let case = json!({
@@ -551,16 +552,16 @@ fn undeclared_level_plugin() -> tempfile::TempDir {
             "[overrides.{TOOL}]\nrules = \"overrides/{TOOL}.rhai\"\n"
         )),
         &[
-            (&format!("overrides/{TOOL}.rhai"), script),
+            (format!("overrides/{TOOL}.rhai").as_str(), script),
             (&format!("cases/{TOOL}/core-medium.json"), &case.to_string()),
-        ],
+        ][..if with_case { 2 } else { 1 }],
     );
     root
 }
 
 #[tokio::test]
 async fn a_replacement_script_returning_an_undeclared_level_loads_but_its_evaluation_is_a_500() {
-    let root = undeclared_level_plugin();
+    let root = undeclared_level_plugin(false);
     let catalog = Catalog::load(root.path());
     let app = spawn_app_with(root.path()).await;
 
@@ -582,7 +583,7 @@ async fn a_replacement_script_returning_an_undeclared_level_loads_but_its_evalua
 
 #[tokio::test]
 async fn a_replacement_script_returning_an_undeclared_level_stores_nothing() {
-    let root = undeclared_level_plugin();
+    let root = undeclared_level_plugin(false);
     let app = spawn_app_with(root.path()).await;
 
     let response = app
@@ -607,7 +608,7 @@ async fn a_replacement_script_returning_an_undeclared_level_stores_nothing() {
 
 #[test]
 fn a_replacement_script_returning_an_undeclared_level_fails_its_plugin_cases_in_check() {
-    let root = undeclared_level_plugin();
+    let root = undeclared_level_plugin(true);
 
     let report = check::run(root.path(), Some(TOOL));
 
@@ -734,27 +735,29 @@ async fn a_reload_under_concurrent_evaluate_traffic_fails_no_request() {
     );
 }
 
+/// Writes the plugin that moves medium to 8, with one case that pins a score of 7 at `level`
+/// (it is `low` there, so any other level fails).
+fn medium_at_8_pinning_7_at(root: &Path, level: &str) {
+    let case = json!({
+        "name": format!("a score of 7 is {level} here"),
+        "input": scoring(7),
+        "expect": {"level": level}
+    });
+    write_plugin(
+        root,
+        PLUGIN,
+        &medium_at(8),
+        &[(&format!("cases/{TOOL}/seven.json"), &case.to_string())],
+    );
+}
+
 #[tokio::test]
 async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps_serving() {
     let root = recalibrated(7);
     let app = spawn_app_with(root.path()).await;
     let input = scoring(7);
     let before = evaluation(&app, TOOL, &input).await;
-    // The plugin moves medium to 8 with one case, which pins a score of 7 at `level`.
-    let medium_at_8_with_a_case = |level: &str| {
-        let case = json!({
-            "name": format!("a score of 7 is {level} here"),
-            "input": input,
-            "expect": {"level": level}
-        });
-        write_plugin(
-            root.path(),
-            PLUGIN,
-            &medium_at(8),
-            &[(&format!("cases/{TOOL}/seven.json"), &case.to_string())],
-        );
-    };
-    medium_at_8_with_a_case("medium");
+    medium_at_8_pinning_7_at(root.path(), "medium");
 
     let body = problem(
         app.reload().await,
@@ -777,9 +780,34 @@ async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps
         "the old catalog serves"
     );
     // With the case brought in line, the same plugin goes live.
-    medium_at_8_with_a_case("low");
+    medium_at_8_pinning_7_at(root.path(), "low");
     json_of(app.reload().await, StatusCode::OK).await;
     assert_eq!(evaluation(&app, TOOL, &input).await["level"], "low");
+}
+
+#[tokio::test]
+async fn a_catalog_whose_own_cases_fail_does_not_start_as_a_reload_would_not_put_it_in_force() {
+    let root = recalibrated(7);
+    medium_at_8_pinning_7_at(root.path(), "medium");
+    let data = tempfile::tempdir().unwrap();
+
+    let refused = Server::build(&config(data.path(), root.path())).await;
+    let Err(StartError::Cases(broken)) = refused else {
+        panic!("a catalog whose case fails must not start");
+    };
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].0.ends_with("seven.json"), "{broken:?}");
+    assert!(
+        broken[0].1.contains("a score of 7 is medium here"),
+        "{broken:?}"
+    );
+    // Nothing was opened: the data folder is as it was.
+    assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+
+    // With the case brought in line, the same catalog starts and serves the plugin.
+    medium_at_8_pinning_7_at(root.path(), "low");
+    let app = spawn_app_with(root.path()).await;
+    assert_eq!(evaluation(&app, TOOL, &scoring(7)).await["level"], "low");
 }
 
 #[tokio::test]
