@@ -28,6 +28,8 @@ pub enum StartError {
     Store(StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("cannot catch SIGHUP: {0}")]
+    Signal(std::io::Error),
 }
 
 impl From<StoreError> for StartError {
@@ -56,11 +58,18 @@ pub struct Server {
     /// On a first run with no tokens: the admin token to show once, and its record, stored by
     /// [`Server::keep_first_admin_token`] once it has been shown.
     first_admin: Option<(String, TokenRecord)>,
+    /// SIGHUP, caught from the start of [`Server::build`]: one that comes while the service is
+    /// starting reloads the catalog once it serves, instead of ending the process.
+    #[cfg(unix)]
+    hangups: tokio::signal::unix::Signal,
 }
 
 impl Server {
     /// Loads everything `config` names and binds its address (port 0 picks a free one).
     pub async fn build(config: &Config) -> Result<Server, StartError> {
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartError::Signal)?;
         // The catalog goes live at start only as a reload would put it in force: loaded whole,
         // its cases passing. Compiling and running them is CPU work, off the async threads.
         let root = config.tools_dir.clone();
@@ -113,6 +122,8 @@ impl Server {
             listener,
             options,
             first_admin,
+            #[cfg(unix)]
+            hangups,
         })
     }
 
@@ -166,10 +177,12 @@ impl Server {
             store,
             listener,
             options,
+            #[cfg(unix)]
+            hangups,
             ..
         } = self;
         #[cfg(unix)]
-        let hangups = reload_on_hangup(state.clone())?;
+        let hangups = reload_on_hangup(hangups, state.clone());
         api::serve(listener, state, options, shutdown).await?;
         // Ended, and gone with its handle on the state, before the store is closed below.
         #[cfg(unix)]
@@ -241,16 +254,17 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 /// daemon's usual answer to it; the default would end the process at once, cutting every
 /// request in flight).
 #[cfg(unix)]
-fn reload_on_hangup(state: AppState) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
+fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    state: AppState,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the catalog");
             // The outcome is logged either way, as for a reload asked for over the API.
             let _ = api::reload(&state).await;
         }
-    }))
+    })
 }
 
 /// Ctrl-C, where there is no SIGTERM.

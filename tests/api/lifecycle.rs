@@ -1185,6 +1185,47 @@ async fn sighup_reloads_the_catalog_and_the_service_goes_on() {
 }
 
 #[tokio::test]
+async fn a_sighup_while_the_service_starts_reloads_once_it_serves_and_does_not_end_it() {
+    let site = Site::new();
+    let client = client();
+    let mut server = Server::spawn(
+        site.safeguard(["serve"]),
+        &site,
+        0,
+        "warn,safeguard=info",
+        &[],
+    );
+    // It has begun to start (it catches SIGTERM before it loads anything) and is well into
+    // loading the catalog and running its cases, a second or so in a debug build.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !server.catches(Signal::SIGTERM) {
+        assert!(
+            Instant::now() < deadline,
+            "never caught SIGTERM:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !server.log().contains("\"serving\""),
+        "the test needs a start still under way:\n{}",
+        server.log()
+    );
+
+    server.signal(Signal::SIGHUP);
+
+    server.until_healthy(&client).await;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !server.log().contains("catalog reloaded") {
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.signal(Signal::SIGTERM);
+    assert!(server.exited().await.success(), "{}", server.log());
+}
+
+#[tokio::test]
 async fn a_first_admin_token_that_cannot_be_shown_is_not_made() {
     let site = Site::new();
     let fresh = tempfile::tempdir().expect("a temporary folder");

@@ -169,10 +169,24 @@ impl Server {
     /// [`Server::start_with`] for a `command` that runs `safeguard serve` (from
     /// [`Site::safeguard`], or [`Site::command`] for a program that runs it).
     pub async fn launch(
-        mut command: Command,
+        command: Command,
         site: &Site,
         run_number: usize,
         client: &reqwest::Client,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut server = Self::spawn(command, site, run_number, filter, env);
+        server.until_healthy(client).await;
+        server
+    }
+
+    /// [`Server::launch`] without waiting: the process has been started, and may still be
+    /// starting. [`Server::until_healthy`] waits for it.
+    pub fn spawn(
+        mut command: Command,
+        site: &Site,
+        run_number: usize,
         filter: &str,
         env: &[(&str, &str)],
     ) -> Server {
@@ -190,36 +204,40 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("the safeguard binary starts");
-        let mut server = Server {
+        Server {
             child,
             address: String::new(),
             log_path,
-        };
+        }
+    }
+
+    /// Waits until the server says where it serves and answers its health check there.
+    pub async fn until_healthy(&mut self, client: &reqwest::Client) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if server.address.is_empty() {
-                if let Some(address) = serving_address(&server.log()) {
-                    server.address = format!("http://{address}");
+            if self.address.is_empty() {
+                if let Some(address) = serving_address(&self.log()) {
+                    self.address = format!("http://{address}");
                     continue;
                 }
             } else if client
-                .get(format!("{}/healthz", server.address))
+                .get(format!("{}/healthz", self.address))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK)
             {
-                return server;
+                return;
             }
-            server.assert_alive();
+            self.assert_alive();
             assert!(
                 Instant::now() < deadline,
                 "the server was not {} within {START_TIMEOUT:?}:\n{}",
-                if server.address.is_empty() {
+                if self.address.is_empty() {
                     "serving"
                 } else {
                     "healthy"
                 },
-                server.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -249,6 +267,19 @@ impl Server {
     pub fn signal(&self, signal: Signal) {
         let pid = i32::try_from(self.child.id()).expect("a process id fits in an i32");
         signal::kill(Pid::from_raw(pid), signal).expect("the server can be signalled");
+    }
+
+    /// Whether the process has a handler for `signal` now (Linux's `SigCgt` in
+    /// `/proc/<pid>/status`): a signal it does not catch has its default action.
+    pub fn catches(&self, signal: Signal) -> bool {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .expect("a SigCgt line");
+        let mask = u64::from_str_radix(caught.trim(), 16).expect("a hex mask");
+        mask & (1 << (signal as i32 - 1)) != 0
     }
 
     /// Waits for the server to exit by itself (after [`Server::signal`]) and returns how it
