@@ -607,10 +607,14 @@ impl Standing {
         self.assessed.seq >= current_seq
     }
 
-    /// When the decision is due for review: its assessment's time plus its tool's
-    /// `review_after_days` as served now; overdue once this is at or before now.
+    /// When the decision is due for review: its assessment's time plus the `review_after_days`
+    /// of its level in force, or else of its tool, as the tool is served now; overdue once this
+    /// is at or before now.
     pub(crate) fn review_due(&self, catalog: &Catalog) -> Option<chrono::DateTime<chrono::Utc>> {
-        let days = catalog.get(&self.latest.tool.id)?.meta.review_after_days?;
+        let days = catalog
+            .get(&self.latest.tool.id)?
+            .meta
+            .review_after_days(self.latest.effective_level())?;
         let at = chrono::DateTime::parse_from_rfc3339(&self.assessed.at).ok()?;
         Some(at.with_timezone(&chrono::Utc) + chrono::Duration::days(days.into()))
     }
@@ -815,6 +819,7 @@ mod tests {
                     level: (*l).into(),
                     label: (*l).into(),
                     response: (*l).into(),
+                    review_after_days: None,
                 })
                 .collect(),
             params: json!({}),

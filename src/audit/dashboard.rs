@@ -356,7 +356,8 @@ mod tests {
     use crate::store::{Assessment, Declined, Override, RevisionKind, ToolRef};
 
     /// `(id, stage, review_after_days)` of the test catalog; every tool has levels low, medium,
-    /// high and decides the form's `level` (low when absent).
+    /// high and decides the form's `level` (low when absent). `plan` at `medium` is reviewed
+    /// after 5 days, not 60, and `door` at `medium` after 10, where its other levels never are.
     fn tools() -> Vec<(&'static str, Value, Option<u32>)> {
         vec![
             ("door", json!(0), None),
@@ -373,10 +374,16 @@ mod tests {
         fs::create_dir_all(root.join("tool-schemas")).unwrap();
         fs::create_dir_all(root.join("rules")).unwrap();
         for (id, stage, review) in tools() {
-            let outcomes: Vec<Value> = ["low", "medium", "high"]
+            let mut outcomes: Vec<Value> = ["low", "medium", "high"]
                 .iter()
                 .map(|l| json!({"level": l, "label": l, "response": l}))
                 .collect();
+            // A level with its own review interval, with and without the tool's.
+            match id {
+                "plan" => outcomes[1]["review_after_days"] = json!(5),
+                "door" => outcomes[1]["review_after_days"] = json!(10),
+                _ => {}
+            }
             let mut x_tool = json!({
                 "id": id,
                 "version": "1.0.0",
@@ -755,6 +762,11 @@ mod tests {
             // A closure check at a level that does not close it leaves the review due.
             rev("d14", "c10", "assess", "low", "2026-10-02T08:00:00.000Z"),
             rev("d15", "c10", "close", "medium", "2026-11-15T08:00:00.000Z"),
+            // A level's own interval: plan at medium is due after 5 days (2026-11-25), door at
+            // medium after 10 (2026-11-21 is due 2026-12-01T08:00, overdue; 2026-11-25 not).
+            rev("d16", "c11", "plan", "medium", "2026-11-20T08:00:00.000Z"),
+            rev("d17", "c12", "door", "medium", "2026-11-21T08:00:00.000Z"),
+            rev("d18", "c13", "door", "medium", "2026-11-25T08:00:00.000Z"),
             // No review period.
             rev("d8", "c7", "door", "low", "2020-01-01T00:00:00.000Z"),
             rev("d9", "c7", "retired", "low", "2020-01-01T00:00:00.000Z"),
@@ -779,6 +791,8 @@ mod tests {
                 ("c5", "plan", "d6", "2026-10-31T08:00:00Z"),
                 ("c1", "assess", "d1", "2026-11-01T08:00:00Z"),
                 ("c10", "assess", "d14", "2026-11-01T08:00:00Z"),
+                ("c11", "plan", "d16", "2026-11-25T08:00:00Z"),
+                ("c12", "door", "d17", "2026-12-01T08:00:00Z"),
                 ("c3", "check", "d4", "2026-12-01T12:00:00Z"),
             ]
         );

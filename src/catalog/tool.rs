@@ -28,13 +28,26 @@ pub struct ToolMeta {
     /// Which overrides of the level are allowed.
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     pub override_policy: Option<OverridePolicy>,
-    /// When a decision made with this tool is due for review.
+    /// When a decision made with this tool is due for review, at a level that does not say
+    /// otherwise (`OutcomeDecl::review_after_days`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_after_days: Option<u32>,
     /// The levels that close a case: while the case's latest assessment is a decision of this
     /// tool at one of them, nothing of the journey is due (no tools, no reviews).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closes: Vec<String>,
+}
+
+impl ToolMeta {
+    /// How many days after its assessment a decision at `level` is due for review: the level's
+    /// own interval, else the tool's; `None` when neither sets one.
+    pub fn review_after_days(&self, level: &str) -> Option<u32> {
+        self.outcomes
+            .iter()
+            .find(|o| o.level == level)
+            .and_then(|o| o.review_after_days)
+            .or(self.review_after_days)
+    }
 }
 
 fn empty_object() -> Value {
@@ -66,6 +79,11 @@ pub struct OutcomeDecl {
     pub label: String,
     /// What the service response at this level is.
     pub response: String,
+    /// When a decision at this level is due for review, in place of the tool's
+    /// `review_after_days`: a level whose response asks for the tool to be done again soon (a
+    /// plan that failed its stress test is re-tested) says how soon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_after_days: Option<u32>,
 }
 
 /// Which way, and how far, a practitioner may override a tool's level.
