@@ -240,3 +240,57 @@ async fn cases_whose_ids_share_a_prefix_keep_their_decisions_apart() {
     assert_eq!(decisions, [short]);
     assert_eq!(app.case_decisions("case-10").await, [long]);
 }
+
+/// Days from `assessed_at` to `review_due` in a journey's entry, or `None` when it has no review.
+fn review_days(entry: &Value) -> Option<i64> {
+    let due = entry["review_due"].as_str()?;
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let assessed = at(entry["assessed_at"].as_str().unwrap());
+    // review_due is given to the second, assessed_at to the millisecond: round to whole days.
+    Some(((at(due) - assessed).num_seconds() + 43_200).div_euclid(86_400))
+}
+
+#[tokio::test]
+async fn a_level_that_asks_for_the_tool_again_is_due_for_review_sooner_than_the_tool() {
+    let app = spawn_app().await;
+    let submit = |case: &'static str, tool: &'static str, level: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .submit(case, tool, &input_at(tool, level), Role::Practitioner)
+                .await;
+            json_of(response, StatusCode::CREATED).await
+        }
+    };
+    // A plan that failed its stress test is re-tested in 10 days; a robust one only when
+    // circumstances change (the tool sets no interval).
+    submit("case-fails", "plan-stress-test", "fails").await;
+    submit("case-robust", "plan-stress-test", "robust").await;
+    // A fragile safety scale is rescaled in 14 days, not the tool's 90.
+    submit("case-fails", "safety-scaling", "fragile").await;
+    submit("case-robust", "safety-scaling", "safe-enough").await;
+
+    let fails = journey(&app, "case-fails").await;
+    let robust = journey(&app, "case-robust").await;
+
+    assert_eq!(
+        review_days(&fails["latest"]["plan-stress-test"]),
+        Some(10),
+        "{fails}"
+    );
+    assert_eq!(
+        review_days(&robust["latest"]["plan-stress-test"]),
+        None,
+        "{robust}"
+    );
+    assert_eq!(
+        review_days(&fails["latest"]["safety-scaling"]),
+        Some(14),
+        "{fails}"
+    );
+    assert_eq!(
+        review_days(&robust["latest"]["safety-scaling"]),
+        Some(90),
+        "{robust}"
+    );
+}
