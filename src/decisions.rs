@@ -716,7 +716,7 @@ pub struct Due {
 
 /// The journey of a case: the current stage is the furthest stage with a decision; due are the
 /// current stage's tools without one (or, when they are all done, the next stage's), and every
-/// decision past its tool's `review_after_days`.
+/// decision past its `review_after_days` (its level's, else its tool's).
 pub(crate) fn journey(
     case_id: &str,
     decisions: &[Standing],

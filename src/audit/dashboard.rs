@@ -37,8 +37,9 @@ pub struct Dashboard {
     /// 0 when it has none (only decisions of tools used at any stage). An agency's own
     /// assessments (organisational tools) are no child's case and are not counted.
     pub cases_per_stage: BTreeMap<String, u64>,
-    /// Reviews past their tool's `review_after_days`, most overdue first: one per case and tool,
-    /// for the latest decision of that tool in the case, as the case journey lists them.
+    /// Reviews past their `review_after_days` (the level's, else the tool's), most overdue
+    /// first: one per case and tool, for the latest decision of that tool in the case, as the
+    /// case journey lists them.
     pub reviews_overdue: Vec<OverdueReview>,
 }
 
@@ -98,8 +99,8 @@ pub struct OverdueReview {
     pub tool: String,
     pub decision_id: String,
     /// When the review fell due (RFC 3339): the decision's assessment (its latest submitted or
-    /// amended revision) plus the tool's `review_after_days`, as in the case journey's
-    /// `review_due`.
+    /// amended revision) plus the `review_after_days` of its level in force, else of its tool,
+    /// as in the case journey's `review_due`.
     pub due: String,
 }
 
