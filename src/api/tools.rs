@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::auth::{AnyRole, Authorized};
 use super::{ApiError, AppState, Json, Path};
-use crate::catalog::{OutcomeDecl, OverridePolicy, Stage, Tool};
+use crate::catalog::{OutcomeDecl, OverridePolicy, ReviewAfter, Stage, Tool};
 use crate::decisions::tool_ref;
 use crate::rules::{Outcome, Reason};
 use crate::store::ToolRef;
@@ -111,10 +111,27 @@ pub async fn tool_get(
     Ok(Json(ToolDetail {
         summary: summary(tool),
         schema: tool.schema.clone(),
-        outcomes: tool.meta.outcomes.clone(),
+        // Review intervals in days, whether the tool gives the number or the param that holds it.
+        outcomes: tool
+            .meta
+            .outcomes
+            .iter()
+            .map(|o| OutcomeDecl {
+                review_after_days: o
+                    .review_after_days
+                    .as_ref()
+                    .and_then(|r| r.days(&tool.meta.params))
+                    .map(ReviewAfter::Days),
+                ..o.clone()
+            })
+            .collect(),
         params: tool.meta.params.clone(),
         override_policy: tool.meta.override_policy,
-        review_after_days: tool.meta.review_after_days,
+        review_after_days: tool
+            .meta
+            .review_after_days
+            .as_ref()
+            .and_then(|r| r.days(&tool.meta.params)),
     }))
 }
 

@@ -20,7 +20,8 @@ use serde_json::Value;
 pub use digest::digest;
 pub use plugin::{manifest_schema, Change, Manifest, ToolOverride, PLUGINS_DIR};
 pub use tool::{
-    Direction, NamedStage, OutcomeDecl, OverridePolicy, Stage, Tool, ToolMeta, ToolSource,
+    Direction, NamedStage, OutcomeDecl, OverridePolicy, ReviewAfter, Stage, Tool, ToolMeta,
+    ToolSource,
 };
 
 use crate::forms::Form;
@@ -611,11 +612,36 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
             ));
         }
     }
+    for message in review_interval_problems(meta) {
+        problem(message);
+    }
     if let Some(policy) = meta.override_policy {
         if policy.max_steps == Some(0) {
             problem("`x-tool.override.max_steps` is 0, which forbids every override; an override with a reason must always be possible".into());
         }
     }
+}
+
+/// Every review interval of `meta` that names a param its params do not hold as a whole number
+/// of days. Checked on the core's params and again on a plugin's, which may change them.
+pub(crate) fn review_interval_problems(meta: &ToolMeta) -> Vec<String> {
+    let tool = meta
+        .review_after_days
+        .as_ref()
+        .map(|r| ("`x-tool.review_after_days`".to_owned(), r));
+    let levels = meta.outcomes.iter().filter_map(|o| {
+        let at = format!("the `review_after_days` of level {:?}", o.level);
+        o.review_after_days.as_ref().map(|r| (at, r))
+    });
+    tool.into_iter()
+        .chain(levels)
+        .filter_map(|(at, interval)| match interval {
+            ReviewAfter::Param(path) if interval.days(&meta.params).is_none() => Some(format!(
+                "{at} names the param {path:?}, which params does not hold as a whole number of days (e.g. 28)"
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Line and column of the value at JSON Pointer `pointer` in `text`, found by walking the

@@ -329,6 +329,10 @@ pub(crate) fn apply_change(
         merge_params(&mut merged, over, "params", &files.manifest, &id, errors);
         if errors.len() == before {
             parts.meta.params = merged.clone();
+            // A review interval that names a param must still find whole days there.
+            for message in super::review_interval_problems(&parts.meta) {
+                errors.push(LoadError::new(&files.manifest, format!("{id}: {message}")));
+            }
             if let Some(x_tool) = parts.schema.get_mut("x-tool") {
                 x_tool["params"] = merged;
             }

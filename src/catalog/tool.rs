@@ -31,7 +31,7 @@ pub struct ToolMeta {
     /// When a decision made with this tool is due for review, at a level that does not say
     /// otherwise (`OutcomeDecl::review_after_days`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub review_after_days: Option<u32>,
+    pub review_after_days: Option<ReviewAfter>,
     /// The levels that close a case: while the case's latest assessment is a decision of this
     /// tool at one of them, nothing of the journey is due (no tools, no reviews).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -45,8 +45,57 @@ impl ToolMeta {
         self.outcomes
             .iter()
             .find(|o| o.level == level)
-            .and_then(|o| o.review_after_days)
-            .or(self.review_after_days)
+            .and_then(|o| o.review_after_days.as_ref())
+            .or(self.review_after_days.as_ref())
+            .and_then(|r| r.days(&self.params))
+    }
+}
+
+/// A review interval: a number of days, or the name of the param that holds it (a dotted path
+/// into `params`, e.g. `"timescales_days.gaps"`), so the interval moves with the timescale the
+/// tool's texts give when an agency's plugin recalibrates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ReviewAfter {
+    Days(u32),
+    Param(String),
+}
+
+impl<'de> Deserialize<'de> for ReviewAfter {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Interval;
+        impl serde::de::Visitor<'_> for Interval {
+            type Value = ReviewAfter;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a whole number of days (e.g. 28) or the name of the param that holds one (e.g. \"timescales_days.review\")",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, days: u64) -> Result<ReviewAfter, E> {
+                u32::try_from(days)
+                    .map(ReviewAfter::Days)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(days), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<ReviewAfter, E> {
+                Ok(ReviewAfter::Param(path.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Interval)
+    }
+}
+
+impl ReviewAfter {
+    /// The days it stands for under `params`; `None` for a param that is not a whole number of
+    /// days from 0 to 4,294,967,295 (a load error, so never for a tool that loaded).
+    pub fn days(&self, params: &Value) -> Option<u32> {
+        match self {
+            ReviewAfter::Days(days) => Some(*days),
+            ReviewAfter::Param(path) => path
+                .split('.')
+                .try_fold(params, |at, key| at.get(key))?
+                .as_u64()
+                .and_then(|days| u32::try_from(days).ok()),
+        }
     }
 }
 
@@ -83,7 +132,7 @@ pub struct OutcomeDecl {
     /// `review_after_days`: a level whose response asks for the tool to be done again soon (a
     /// plan that failed its stress test is re-tested) says how soon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub review_after_days: Option<u32>,
+    pub review_after_days: Option<ReviewAfter>,
 }
 
 /// Which way, and how far, a practitioner may override a tool's level.
@@ -210,5 +259,52 @@ impl Tool {
     #[doc(hidden)]
     pub fn bench_parts(&self) -> (&Form, &Script, &Dynamic, &Sandbox) {
         (&self.form, &self.script, &self.params, &self.sandbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn meta(x_tool: Value) -> Result<ToolMeta, serde_json::Error> {
+        serde_json::from_value(x_tool)
+    }
+
+    fn x_tool(review: Value, high_review: Value) -> Value {
+        json!({
+            "id": "t", "version": "1", "stage": 1,
+            "review_after_days": review,
+            "outcomes": [
+                {"level": "low", "label": "Low", "response": "r"},
+                {"level": "high", "label": "High", "response": "r", "review_after_days": high_review},
+            ],
+            "params": {"timescales": {"review": 28, "high": 7}},
+        })
+    }
+
+    #[test]
+    fn a_level_s_interval_replaces_the_tool_s_and_a_param_is_read_from_params() {
+        let by_param = meta(x_tool(json!("timescales.review"), json!("timescales.high"))).unwrap();
+        assert_eq!(by_param.review_after_days("low"), Some(28));
+        assert_eq!(by_param.review_after_days("high"), Some(7));
+        let by_number = meta(x_tool(json!(90), json!(3))).unwrap();
+        assert_eq!(by_number.review_after_days("low"), Some(90));
+        assert_eq!(by_number.review_after_days("high"), Some(3));
+        // A level not declared falls back to the tool's.
+        assert_eq!(by_number.review_after_days("unknown"), Some(90));
+    }
+
+    #[test]
+    fn an_interval_that_is_neither_days_nor_a_param_name_is_refused_saying_what_it_takes() {
+        for bad in [json!(-3), json!(2.5), json!(true), json!(4_294_967_296u64)] {
+            let e = meta(x_tool(bad.clone(), json!(1))).expect_err("refused");
+            assert!(
+                e.to_string()
+                    .contains("a whole number of days (e.g. 28) or the name of the param"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

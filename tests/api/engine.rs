@@ -219,6 +219,16 @@ fn a_closing_level_the_tool_does_not_declare_is_refused() {
 }
 
 #[test]
+fn a_review_interval_naming_a_param_params_does_not_hold_is_refused() {
+    check_broken(
+        "review-param-missing",
+        "tool-schemas/review-param-missing.json",
+        At::File,
+        r#"the `review_after_days` of level "high" names the param "timescales.high", which params does not hold as a whole number of days"#,
+    );
+}
+
+#[test]
 fn a_schema_without_rules_names_the_missing_rules_file() {
     check_broken(
         "missing-rules",

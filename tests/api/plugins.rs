@@ -917,3 +917,89 @@ async fn decisions_before_and_after_a_reload_name_different_digests_and_both_ver
         );
     }
 }
+
+/// The review interval `GET /v1/tools/{tool}` gives for `level`, in days.
+async fn review_days_of(app: &TestApp, tool: &str, level: &str) -> Option<u64> {
+    let detail = json_of(
+        app.get(&format!("/v1/tools/{tool}"), Role::Practitioner)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    detail["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["level"] == level)
+        .unwrap_or_else(|| panic!("no level {level}: {detail}"))["review_after_days"]
+        .as_u64()
+}
+
+#[tokio::test]
+async fn a_review_interval_held_in_a_param_moves_with_the_plugin_s_params() {
+    let tool = "plan-stress-test";
+    let root = catalog_copy(false);
+    let core = spawn_app_with(root.path()).await;
+    assert_eq!(review_days_of(&core, tool, "gaps").await, Some(10));
+    assert_eq!(review_days_of(&core, tool, "robust").await, None);
+
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(&format!(
+            "[overrides.{tool}]\nparams = {{ timescales_days = {{ gaps = 14 }} }}\n"
+        )),
+        &[],
+    );
+    let local = spawn_app_with(root.path()).await;
+    assert_eq!(review_days_of(&local, tool, "gaps").await, Some(14));
+    assert_eq!(review_days_of(&local, tool, "fails").await, Some(14));
+
+    // The case journey dates the re-test by it.
+    let decision = json_of(
+        local
+            .submit(
+                "case-1",
+                tool,
+                &crate::common::input_at(tool, "gaps"),
+                Role::Practitioner,
+            )
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(decision["level"], "gaps");
+    let journey = json_of(
+        local.get("/v1/cases/case-1", Role::Practitioner).await,
+        StatusCode::OK,
+    )
+    .await;
+    let entry = &journey["latest"][tool];
+    let at = |t: &Value| chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap()).unwrap();
+    let days = (at(&entry["review_due"]) - at(&entry["assessed_at"])).num_seconds() + 1;
+    assert_eq!(days.div_euclid(86_400), 14, "{journey}");
+}
+
+#[test]
+fn a_plugin_param_that_leaves_a_review_interval_no_whole_days_is_a_load_error() {
+    let root = catalog_copy(false);
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest("[overrides.network-meeting]\nparams = { min_notice_days = 2.5 }\n"),
+        &[],
+    );
+
+    let errors = Catalog::load(root.path()).expect_err("the plugin must not load");
+
+    // One for each level whose interval the param holds.
+    let levels: Vec<&str> = errors
+        .iter()
+        .map(|e| {
+            assert!(e.file.ends_with("plugin.toml"), "{e}");
+            assert!(e.message.contains(r#"names the param "min_notice_days", which params does not hold as a whole number of days"#), "{e}");
+            e.message.split('"').nth(1).unwrap()
+        })
+        .collect();
+    assert_eq!(levels, ["ready-with-actions", "not-ready"], "{errors:#?}");
+}
