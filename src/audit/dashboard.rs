@@ -768,6 +768,14 @@ mod tests {
             rev("d16", "c11", "plan", "medium", "2026-11-20T08:00:00.000Z"),
             rev("d17", "c12", "door", "medium", "2026-11-21T08:00:00.000Z"),
             rev("d18", "c13", "door", "medium", "2026-11-25T08:00:00.000Z"),
+            // An approved override to medium brings plan's interval to 5 days, counted from the
+            // assessment (2026-11-20), not from the approval.
+            with_override(
+                rev("d19", "c14", "plan", "low", "2026-11-20T09:00:00.000Z"),
+                "medium",
+                OverrideStatus::Approved,
+                "2026-11-29T08:00:00.000Z",
+            ),
             // No review period.
             rev("d8", "c7", "door", "low", "2020-01-01T00:00:00.000Z"),
             rev("d9", "c7", "retired", "low", "2020-01-01T00:00:00.000Z"),
@@ -793,6 +801,7 @@ mod tests {
                 ("c1", "assess", "d1", "2026-11-01T08:00:00Z"),
                 ("c10", "assess", "d14", "2026-11-01T08:00:00Z"),
                 ("c11", "plan", "d16", "2026-11-25T08:00:00Z"),
+                ("c14", "plan", "d19", "2026-11-25T09:00:00Z"),
                 ("c12", "door", "d17", "2026-12-01T08:00:00Z"),
                 ("c3", "check", "d4", "2026-12-01T12:00:00Z"),
             ]
