@@ -1230,6 +1230,25 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     let raised = json_of(raised, StatusCode::CREATED).await;
     assert_eq!(raised["level"], "high", "{raised}");
     assert!(raised.get("override").is_none(), "{raised}");
+
+    // Put aside, not undone: an amendment back below the agreed level finds it in force again.
+    let lowered = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            7,
+            &json!({"input": low}),
+        )
+        .await;
+    let lowered = json_of(lowered, StatusCode::CREATED).await;
+    assert_eq!(lowered["tool_level"], "low");
+    assert_eq!(lowered["level"], "medium", "{lowered}");
+    assert_eq!(lowered["override"]["status"], "approved", "{lowered}");
+    assert_eq!(
+        lowered["override"]["reason"], "the school's account worries us",
+        "{lowered}"
+    );
 }
 
 #[tokio::test]
