@@ -107,7 +107,7 @@ impl ProblemType {
                 "invalid-form",
                 "The form is invalid",
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "The form breaks its tool's schema: nothing was decided or stored. `errors` lists each problem as `{path, message}`, `path` a JSON Pointer to the field. Messages name the rule broken, never the value sent.",
+                "The form breaks its tool's schema: nothing was decided or stored. `errors` lists each problem as `{path, message}`, `path` a JSON Pointer to the field. Messages name the rule broken, never the value sent. At most 100 are listed, then one more at path `\"\"` says there were others; a form with a text, list or object too big for a tool to read is refused for that alone.",
                 "Correct the fields named in `errors` and send the whole form again. `GET /v1/tools/{tool}` gives the schema the form must meet.",
             ),
             InvalidRequest => (

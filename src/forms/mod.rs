@@ -83,8 +83,31 @@ fn holdable(value: &Value, bounds: &Bounds) -> bool {
     }
 }
 
-/// A violation for every value in `value` (at JSON Pointer `path`) that [`holdable`] refuses.
+/// The most violations an answer lists: enough for any form a person filled in, and a bound on
+/// the answer to one that was not.
+pub const MAX_VIOLATIONS: usize = 100;
+
+/// `violations` as an answer lists them: the first [`MAX_VIOLATIONS`], then, when there were
+/// more, one that says so.
+fn listed(mut violations: Vec<Violation>) -> Vec<Violation> {
+    if violations.len() > MAX_VIOLATIONS {
+        violations.truncate(MAX_VIOLATIONS);
+        violations.push(Violation {
+            path: String::new(),
+            message: format!(
+                "the form has more problems than these: only the first {MAX_VIOLATIONS} are listed"
+            ),
+        });
+    }
+    violations
+}
+
+/// A violation for every value in `value` (at JSON Pointer `path`) that [`holdable`] refuses,
+/// up to one more than [`MAX_VIOLATIONS`] (enough to say there were more).
 fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violation>) {
+    if out.len() > MAX_VIOLATIONS {
+        return;
+    }
     let mut say = |message: String| {
         out.push(Violation {
             path: path.to_owned(),
@@ -109,6 +132,9 @@ fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violatio
                 ));
             }
             for (i, item) in items.iter().enumerate() {
+                if out.len() > MAX_VIOLATIONS {
+                    break;
+                }
                 unholdable(item, &format!("{path}/{i}"), bounds, out);
             }
         }
@@ -121,6 +147,9 @@ fn unholdable(value: &Value, path: &str, bounds: &Bounds, out: &mut Vec<Violatio
                 ));
             }
             for (name, field) in fields {
+                if out.len() > MAX_VIOLATIONS {
+                    break;
+                }
                 unholdable(field, &child(path, name), bounds, out);
             }
         }
@@ -227,6 +256,14 @@ impl Form {
     /// message next to the field it is about.
     pub fn violations(&self, input: &Value) -> Vec<Violation> {
         let mut out = Vec::new();
+        // A form too big for a tool to read is refused for that alone, before the schema is
+        // walked: the validator collects a violation for every bad item of a list, and a list
+        // of 450,000 would cost seconds and an answer of tens of megabytes. The walk that names
+        // each value builds a pointer for every node; most forms need none, so look first.
+        if !holdable(input, &self.bounds) {
+            unholdable(input, "", &self.bounds, &mut out);
+            return listed(out);
+        }
         for e in self.validator.iter_errors(input) {
             let parent = e.instance_path().as_str();
             match e.kind() {
@@ -251,12 +288,7 @@ impl Form {
                 }),
             }
         }
-        // The walk that names each value builds a pointer for every node; most forms need
-        // none, so look first.
-        if !holdable(input, &self.bounds) {
-            unholdable(input, "", &self.bounds, &mut out);
-        }
-        out
+        listed(out)
     }
 
     /// What a violation asks of the practitioner, in words that never repeat the value itself
@@ -465,6 +497,47 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_form_too_big_for_a_tool_is_refused_for_that_alone_before_the_schema_is_walked() {
+        let f = form().within(Bounds {
+            text_bytes: 100,
+            items: 10,
+            fields: 10,
+        });
+        // 450,000 people without the required name: the schema would refuse each one.
+        let people = vec![json!({}); 450_000];
+        let v = f.violations(&json!({"age": 3, "people": people}));
+        assert_eq!(v.len(), 1, "{:?}", &v[..v.len().min(3)]);
+        assert_eq!(v[0].path, "/people");
+        assert_eq!(v[0].message, "has 450000 items; a tool can read at most 10");
+    }
+
+    #[test]
+    fn an_answer_lists_the_first_hundred_violations_and_says_there_were_more() {
+        let f = form();
+        let nameless = json!({"age": 3, "people": vec![json!({}); 250]});
+        let v = f.violations(&nameless);
+        assert_eq!(v.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(v[0].path, "/people/0/name");
+        assert_eq!(v[MAX_VIOLATIONS - 1].path, "/people/99/name");
+        assert_eq!(v[MAX_VIOLATIONS].path, "");
+        assert!(
+            v[MAX_VIOLATIONS]
+                .message
+                .contains("only the first 100 are listed"),
+            "{:?}",
+            v[MAX_VIOLATIONS]
+        );
+        // Numbers beyond what can be stored, one per item: the walk stops at the bound too.
+        let huge = json!({"age": 3, "people": vec![json!({"name": "a", "n": u64::MAX}); 5_000]});
+        let v = f.violations(&huge);
+        assert_eq!(v.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(v[MAX_VIOLATIONS - 1].path, "/people/99/n");
+        // Exactly the bound: listed whole, with nothing said.
+        let hundred = json!({"age": 3, "people": vec![json!({}); 100]});
+        assert_eq!(f.violations(&hundred).len(), MAX_VIOLATIONS);
     }
 
     #[test]

@@ -300,6 +300,36 @@ async fn a_text_longer_than_a_tool_can_read_is_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_list_of_hundreds_of_thousands_of_bad_items_is_refused_for_its_length_alone() {
+    let app = spawn_app().await;
+    let mut input = valid_input(TOOL);
+    // About 900 KB, under the body limit: each item breaks the list's choices.
+    input["harm_types"] = json!(vec![0; 450_000]);
+
+    assert_form_refused(&app, &input, &["/harm_types"]).await;
+}
+
+#[tokio::test]
+async fn a_form_with_hundreds_of_bad_answers_lists_the_first_hundred_and_says_so() {
+    let app = spawn_app().await;
+    // Within what a tool can read (10,000 items), each item not one of the list's choices.
+    let mut input = valid_input(TOOL);
+    input["harm_types"] = json!(vec![0; 5_000]);
+    let response = app.submit("case-1", TOOL, &input, Role::Practitioner).await;
+
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-form",
+    )
+    .await;
+    let paths = error_paths(&body);
+    assert_eq!(paths.len(), 101, "{}", &body.to_string()[..2000]);
+    assert_eq!(paths[100], "", "{}", body["errors"][100]);
+    assert!(app.case_decisions("case-1").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_form_with_an_unknown_field_is_422_naming_the_field() {
     let app = spawn_app().await;
     let mut input = valid_input(TOOL);
