@@ -252,6 +252,12 @@ pub fn replay(
                         Err(_) => break,
                     };
                     for bytes in batch {
+                        // Checked before each decision, whose script may run for up to its time
+                        // limit: work nobody waits for stops within one decision per worker,
+                        // not after every batch already dealt. What was done is thrown away.
+                        if cancel.is_cancelled() {
+                            return Ok(partial);
+                        }
                         let revision = decode_revision(&bytes)?;
                         if !filter.matches(&revision) {
                             continue;
@@ -288,7 +294,7 @@ pub fn replay(
             batch.push(bytes?);
             if batch.len() == 256 {
                 if cancel.is_cancelled() {
-                    // Dropping the sender ends the workers after the batches they hold.
+                    // Dropping the sender ends the workers, which stop at their next decision.
                     return Err(ReplayError::Cancelled);
                 }
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
@@ -304,6 +310,11 @@ pub fn replay(
         let mut partials = Vec::new();
         for handle in handles {
             partials.push(handle.join().expect("replay workers do not panic")?);
+        }
+        // Cancelled after every batch was dealt (a small store's are, at once): the workers
+        // stopped early, and their partial counts must not pass for a report.
+        if cancel.is_cancelled() {
+            return Err(ReplayError::Cancelled);
         }
         Ok(partials)
     })?;
@@ -695,8 +706,8 @@ mod tests {
     use crate::store::{Actor, SledStore, StoreOptions};
     use serde_json::json;
 
-    #[tokio::test]
-    async fn a_cancelled_replay_stops_with_no_report() {
+    /// A store of `n` threshold decisions (cases `c0`..), with the service over it.
+    async fn threshold_decisions(n: usize) -> (tempfile::TempDir, Arc<dyn Store>, Decisions) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let case: Value = serde_json::from_str(
             &std::fs::read_to_string(
@@ -717,7 +728,7 @@ mod tests {
             subject: "pat".into(),
             role: Role::Practitioner,
         };
-        for n in 0..300 {
+        for n in 0..n {
             decisions
                 .submit(
                     &format!("c{n}"),
@@ -729,24 +740,62 @@ mod tests {
                 .await
                 .unwrap();
         }
+        (data, store, decisions)
+    }
+
+    /// Replays every threshold decision against what was recorded; `evaluated` is the progress
+    /// last reported.
+    fn run(
+        store: &dyn Store,
+        decisions: &Decisions,
+        cancel: &Cancel,
+        evaluated: &std::sync::atomic::AtomicU64,
+    ) -> Result<ReplayReport, ReplayError> {
         let request: ReplayRequest =
             serde_json::from_value(json!({"tool": "threshold", "against": {"kind": "recorded"}}))
                 .unwrap();
-        let run = |cancel: &Cancel| {
-            replay(
-                store.as_ref(),
-                &decisions.catalog(),
-                &request,
-                Limits::default(),
-                &|_| {},
-                cancel,
-            )
-        };
+        replay(
+            store,
+            &decisions.catalog(),
+            &request,
+            Limits::default(),
+            &|n| evaluated.store(n, std::sync::atomic::Ordering::Relaxed),
+            cancel,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_replay_stops_with_no_report() {
+        let (_data, store, decisions) = threshold_decisions(300).await;
+        let evaluated = std::sync::atomic::AtomicU64::new(0);
 
         let cancel = Cancel::default();
         drop(cancel.when_dropped());
-        assert!(matches!(run(&cancel), Err(ReplayError::Cancelled)));
-        let report = run(&Cancel::never()).unwrap();
+        let cancelled = run(store.as_ref(), &decisions, &cancel, &evaluated);
+        assert!(matches!(cancelled, Err(ReplayError::Cancelled)));
+        let report = run(store.as_ref(), &decisions, &Cancel::never(), &evaluated).unwrap();
         assert_eq!(report.considered, 300);
+    }
+
+    #[tokio::test]
+    async fn a_replay_cancelled_after_every_batch_was_dealt_stops_before_its_next_decision() {
+        // Fewer than one batch: the reader deals them all before it would look, so the workers
+        // must look for themselves, and evaluate nothing.
+        let (_data, store, decisions) = threshold_decisions(20).await;
+        let evaluated = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+        let cancel = Cancel::default();
+        drop(cancel.when_dropped());
+        let cancelled = run(store.as_ref(), &decisions, &cancel, &evaluated);
+
+        assert!(matches!(cancelled, Err(ReplayError::Cancelled)));
+        // Progress is reported once, at the end of a replay that was not cancelled.
+        assert_eq!(
+            evaluated.load(std::sync::atomic::Ordering::Relaxed),
+            u64::MAX
+        );
+        let report = run(store.as_ref(), &decisions, &Cancel::never(), &evaluated).unwrap();
+        assert_eq!(report.considered, 20);
+        assert_eq!(evaluated.load(std::sync::atomic::Ordering::Relaxed), 20);
     }
 }
