@@ -129,6 +129,7 @@ impl Catalog {
             &schema_dir,
             &rules_dir,
             &ToolSource::Core,
+            None,
             &BTreeSet::new(),
             &mut broken,
             &mut errors,
@@ -216,7 +217,14 @@ impl Catalog {
 }
 
 /// `stem -> path` for every file with `extension` in `dir`; a missing folder is an empty one.
-fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<String, PathBuf> {
+/// The files of `dir` with `extension`, by stem; with `confine`, only those that, links
+/// resolved, are inside that folder (each one outside is an error).
+fn stems(
+    dir: &Path,
+    extension: &str,
+    confine: Option<&Path>,
+    errors: &mut Vec<LoadError>,
+) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -229,12 +237,37 @@ fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<S
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) == Some(extension) {
+            if let Some(folder) = confine.filter(|folder| !confined(folder, &path)) {
+                errors.push(outside(folder, &path));
+                continue;
+            }
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
                 out.insert(stem.to_owned(), path);
             }
         }
     }
     out
+}
+
+/// Whether `path`, every link resolved, is inside `folder` (resolved too): a plugin must not make
+/// the service read, and then serve as part of a tool, a file elsewhere through a symbolic link.
+/// A path that cannot be resolved passes: the read that follows reports it.
+pub(crate) fn confined(folder: &Path, path: &Path) -> bool {
+    match (folder.canonicalize(), path.canonicalize()) {
+        (Ok(folder), Ok(path)) => path.starts_with(folder),
+        _ => true,
+    }
+}
+
+/// The error for a plugin file that [`confined`] refuses.
+pub(crate) fn outside(folder: &Path, path: &Path) -> LoadError {
+    LoadError::new(
+        path,
+        format!(
+            "is a link to a file outside the plugin folder {}: a plugin's files must be inside its folder",
+            folder.display()
+        ),
+    )
 }
 
 /// Only the `x-tool` block, parsed from the file's text so serde reports line and column.
@@ -267,12 +300,13 @@ pub(crate) fn read_tool_dir(
     schema_dir: &Path,
     rules_dir: &Path,
     source: &ToolSource,
+    confine: Option<&Path>,
     replacements: &BTreeSet<PathBuf>,
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Parts> {
-    let schemas = stems(schema_dir, "json", errors);
-    let rules = stems(rules_dir, "rhai", errors);
+    let schemas = stems(schema_dir, "json", confine, errors);
+    let rules = stems(rules_dir, "rhai", confine, errors);
     let mut out = BTreeMap::new();
     for (stem, schema_path) in &schemas {
         let Some(rules_path) = rules.get(stem) else {

@@ -185,6 +185,7 @@ fn apply_one(
         &folder.join(SCHEMA_DIR),
         &folder.join(RULES_DIR),
         &source,
+        Some(folder),
         &replacements,
         broken,
         errors,
@@ -246,14 +247,18 @@ fn apply_one(
         };
         let place = |field: &str, rel: &Option<String>, errors: &mut Vec<LoadError>| {
             let rel = rel.as_deref()?;
-            let path = within(folder, rel);
-            if path.is_none() {
+            let Some(path) = within(folder, rel) else {
                 errors.push(LoadError::new(
                     &manifest_path,
                     format!("[overrides.{id}] {field} = {rel:?} must be a path inside the plugin folder, relative to it (no `..`, not absolute)"),
                 ));
+                return None;
+            };
+            if !super::confined(folder, &path) {
+                errors.push(super::outside(folder, &path));
+                return None;
             }
-            path
+            Some(path)
         };
         if let Some(path) = place("schema_patch", &over.schema_patch, errors) {
             if let Some(text) = read(&path, errors) {

@@ -1003,3 +1003,70 @@ fn a_plugin_param_that_leaves_a_review_interval_no_whole_days_is_a_load_error() 
         .collect();
     assert_eq!(levels, ["ready-with-actions", "not-ready"], "{errors:#?}");
 }
+
+/// The one load error of the catalog under `root`, which must be a link out of the plugin
+/// folder at `file` (relative to it).
+fn assert_link_out_refused(root: &Path, file: &str) {
+    let errors = Catalog::load(root).expect_err("a link out of the plugin folder must not load");
+    let folder = root.join("plugins").join(PLUGIN);
+    let out: Vec<_> = errors
+        .iter()
+        .filter(|e| {
+            e.message
+                .contains("is a link to a file outside the plugin folder")
+        })
+        .collect();
+    assert_eq!(out.len(), 1, "{errors:#?}");
+    assert_eq!(out[0].file, folder.join(file), "{errors:#?}");
+}
+
+#[test]
+fn a_plugin_file_that_links_outside_its_folder_is_refused_and_one_inside_is_read() {
+    let root = catalog_copy(false);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("secret.json");
+    std::fs::write(&secret, r#"{"description": "db_password=hunter2"}"#).unwrap();
+    let patch = format!("patches/{TOOL}.json");
+    let folder = write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(&format!("[overrides.{TOOL}]\nschema_patch = \"{patch}\"\n")),
+        &[(
+            "patches/real.json",
+            r#"{"description": "Our local wording."}"#,
+        )],
+    );
+    std::os::unix::fs::symlink(&secret, folder.join(&patch)).unwrap();
+
+    assert_link_out_refused(root.path(), &patch);
+
+    // A link to a file inside the folder is the plugin's own file.
+    std::fs::remove_file(folder.join(&patch)).unwrap();
+    std::os::unix::fs::symlink(folder.join("patches/real.json"), folder.join(&patch)).unwrap();
+    let catalog = Catalog::load(root.path()).expect("a link inside the folder loads");
+    assert_eq!(
+        catalog.get(TOOL).unwrap().schema["description"],
+        "Our local wording."
+    );
+}
+
+#[test]
+fn a_local_tool_whose_schema_links_outside_the_plugin_folder_is_refused() {
+    let root = catalog_copy(false);
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A whole tool schema outside, which would be served to every role.
+    let outside = elsewhere.path().join("linked.json");
+    let core = std::fs::read_to_string(root.path().join("tool-schemas/five-cs.json")).unwrap();
+    std::fs::write(&outside, core.replace("\"five-cs\"", "\"linked\"")).unwrap();
+    let core_rules = std::fs::read_to_string(root.path().join("rules/five-cs.rhai")).unwrap();
+    let folder = write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest("tools = [\"linked\"]\n"),
+        &[("rules/linked.rhai", &core_rules)],
+    );
+    std::fs::create_dir_all(folder.join("tool-schemas")).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("tool-schemas/linked.json")).unwrap();
+
+    assert_link_out_refused(root.path(), "tool-schemas/linked.json");
+}
