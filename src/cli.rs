@@ -445,12 +445,17 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
     let mut sink: Box<dyn Write> = match &out {
         Some(path) => Box::new(std::io::BufWriter::new(
             // Children's records: readable by the one who exported them only.
-            std::os::unix::fs::OpenOptionsExt::mode(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true),
-                0o600,
+            std::os::unix::fs::OpenOptionsExt::custom_flags(
+                std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                    0o600,
+                ),
+                // Not through a link: in a shared folder, another user's link would have the
+                // export overwrite (and make private) a file of the link's choosing.
+                nix::fcntl::OFlag::O_NOFOLLOW.bits(),
             )
             .open(path)
             .and_then(|file| {
@@ -458,7 +463,13 @@ fn export(file: Option<PathBuf>, filter: FilterArgs, out: Option<PathBuf>) -> an
                 file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
                 Ok(file)
             })
-            .with_context(|| format!("cannot create {}", path.display()))?,
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == nix::errno::Errno::ELOOP as i32 => anyhow::anyhow!(
+                    "cannot write {}: it is a symbolic link, which an export does not follow; name the file itself",
+                    path.display()
+                ),
+                _ => anyhow::Error::new(e).context(format!("cannot create {}", path.display())),
+            })?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };

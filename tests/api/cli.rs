@@ -310,6 +310,21 @@ fn the_data_folder_and_an_export_file_are_readable_by_their_owner_only() {
     assert!(exported.status.success(), "{exported:?}");
     assert_eq!(mode(&out), 0o600);
     assert!(fs::read_to_string(&out).unwrap().lines().count() >= 24);
+
+    // A link is not followed: the file it names keeps its content and its mode.
+    let victim = root.path().join("victim.txt");
+    fs::write(&victim, "someone else's").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let link = root.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let refused = safeguard_on(&data, &["export", "--out", link.to_str().unwrap()]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is a symbolic link"),
+        "{refused:?}"
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "someone else's");
+    assert_eq!(mode(&victim), 0o644);
 }
 
 #[test]
