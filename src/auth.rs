@@ -82,8 +82,8 @@ pub struct TokenRecord {
 /// Whether `subject` may name a token's holder: it is recorded as the actor of everything done
 /// with the token, so it must be a short, printable, non-blank name.
 pub fn check_subject(subject: &str) -> Result<(), String> {
-    // Rules the API description can state exactly (`api::admin::NewToken`).
-    if subject.chars().all(|c| c == ' ') {
+    // Rules the API description states exactly (`api::admin::NewToken`'s pattern).
+    if subject.chars().all(char::is_whitespace) {
         return Err("the subject must name who holds the token".into());
     }
     if subject.chars().count() > 128 {
@@ -92,7 +92,45 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
     if subject.chars().any(char::is_control) {
         return Err("the subject may not contain control characters".into());
     }
+    // The subject is the actor of every revision, and four eyes compare subjects: two that look
+    // the same must be the same.
+    if subject.chars().any(is_invisible) {
+        return Err("the subject may not contain invisible formatting characters (such as a zero-width space or a right-to-left mark)".into());
+    }
+    if subject.starts_with(char::is_whitespace) || subject.ends_with(char::is_whitespace) {
+        return Err("the subject may not begin or end with a space".into());
+    }
     Ok(())
+}
+
+/// Unicode's invisible formatting characters (general category Cf) of the Basic Multilingual
+/// Plane: a zero-width space, joiners, direction marks and overrides, the soft hyphen, the byte
+/// order mark and the like. They change what a text is without changing how it looks.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
+}
+
+/// Whether a reason says anything: some character that is neither a space, a control nor an
+/// invisible formatting character.
+pub fn has_words(text: &str) -> bool {
+    text.chars()
+        .any(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c))
 }
 
 /// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
@@ -295,10 +333,58 @@ mod tests {
 
     #[test]
     fn a_subject_is_a_short_printable_name() {
-        assert!(check_subject("pat.smith").is_ok());
-        assert!(check_subject("Pat Smith (duty team)").is_ok());
-        for bad in ["", "   ", "a\nb", "tab\there", &"x".repeat(129)] {
-            assert!(check_subject(bad).is_err(), "{bad:?}");
+        let good = [
+            "pat.smith",
+            "Pat Smith (duty team)",
+            "p",
+            "Zoë Ó Súilleabháin",
+            "محمد",
+            "李小龙",
+        ];
+        for subject in good {
+            assert!(check_subject(subject).is_ok(), "{subject:?}");
+        }
+        let long = "x".repeat(129);
+        let bad = [
+            "",
+            "   ",
+            "a\nb",
+            "tab\there",
+            &long,
+            "pat\u{200b}",
+            "p\u{202e}at",
+            "\u{feff}pat",
+            "pat ",
+            " pat",
+            "pat\u{a0}",
+        ];
+        for subject in bad {
+            assert!(check_subject(subject).is_err(), "{subject:?}");
+        }
+        // The API description says the same: its pattern matches each good subject and no bad
+        // one (the length is the schema's own bound, apart from the pattern).
+        let description = serde_json::to_value(crate::api::openapi()).unwrap();
+        let subject = &description["components"]["schemas"]["NewToken"]["properties"]["subject"];
+        let pattern =
+            jsonschema::validator_for(&serde_json::json!({"pattern": subject["pattern"]}))
+                .expect("the pattern compiles");
+        for subject in good {
+            assert!(pattern.is_valid(&serde_json::json!(subject)), "{subject:?}");
+        }
+        for subject in bad.iter().filter(|s| s.chars().count() <= 128) {
+            assert!(
+                !pattern.is_valid(&serde_json::json!(subject)),
+                "{subject:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reason_of_spaces_and_invisible_characters_says_nothing() {
+        assert!(has_words("the school's account worries us"));
+        assert!(has_words(" x "));
+        for empty in ["", "  ", "\u{200b}", "\u{200b} \u{feff}\t", "\u{202e}\n"] {
+            assert!(!has_words(empty), "{empty:?}");
         }
     }
 

@@ -283,7 +283,7 @@ impl Decisions {
         if actor.role != Role::Supervisor && pending.by.subject != actor.subject {
             return Err(DecisionError::NotTheAuthor);
         }
-        if reason.trim().is_empty() {
+        if !crate::auth::has_words(reason) {
             return Err(DecisionError::InvalidOverride {
                 field: "/reason",
                 message: "declining an override needs a reason".into(),
@@ -493,7 +493,7 @@ fn check_override(
     reason: &str,
 ) -> DecisionResult<()> {
     let invalid = |field, message: String| Err(DecisionError::InvalidOverride { field, message });
-    if reason.trim().is_empty() {
+    if !crate::auth::has_words(reason) {
         return invalid("/reason", "an override needs a reason".into());
     }
     let levels: Vec<&str> = meta.outcomes.iter().map(|o| o.level.as_str()).collect();

@@ -422,7 +422,14 @@ async fn an_admin_creates_a_token_that_works_at_once_and_after_a_restart() {
 #[tokio::test]
 async fn a_subject_that_is_blank_or_has_control_characters_is_400_naming_it() {
     let app = spawn_app().await;
-    for subject in ["  ", "pat\nsmith"] {
+    // Invisible characters and edge spaces too: a supervisor `pat\u{200b}` would pass four eyes
+    // over an override by `pat`, and look like the same person in every record.
+    for subject in [
+        "  ",
+        "pat\nsmith",
+        "pat-practitioner\u{200b}",
+        "pat-practitioner ",
+    ] {
         let response = app
             .post_json(
                 "/v1/admin/tokens",

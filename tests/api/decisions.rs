@@ -594,13 +594,15 @@ async fn an_override_without_a_reason_is_422_naming_the_reason() {
     let levels = app.levels(TOOL).await;
     let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
 
-    assert_override_refused(
-        &app,
-        id,
-        &json!({"level": level, "reason": "  "}),
-        &["/reason"],
-    )
-    .await;
+    for reason in ["  ", "\u{200b}", "\u{feff} \u{200b}"] {
+        assert_override_refused(
+            &app,
+            id,
+            &json!({"level": level, "reason": reason}),
+            &["/reason"],
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
