@@ -177,9 +177,10 @@ impl Decisions {
     }
 
     /// Re-evaluates a decision with new input, using the tool version served now. A new
-    /// assessment stands alone, with one exception: an approved override in force stays in force
-    /// while the new assessment is not more serious ([`carried_override`]), so an amendment by
-    /// one person never lowers a level two people agreed. A pending override is
+    /// assessment stands alone, with one exception: the level two people last agreed (an
+    /// approved override, in force or put aside by a more serious assessment) is in force while
+    /// the new assessment is not more serious ([`carried_override`]), so no amendment, nor any
+    /// run of them, by one person lowers a level two people agreed. A pending override is
     /// dropped: it was asked for against a different outcome.
     pub async fn amend(
         &self,
@@ -191,7 +192,12 @@ impl Decisions {
         let latest = self.current(decision_id, expected_revision)?;
         let tool = self.tool(&latest.tool.id)?;
         let outcome = tool.evaluate(&input)?;
-        let override_ = carried_override(&tool.meta, &latest, &outcome.level);
+        let agreed = match latest.override_in_force() {
+            Some(agreed) => Some(agreed.clone()),
+            // A more serious assessment may have put the agreed level aside: it still binds.
+            None => last_agreed(&self.store.history(decision_id)?),
+        };
+        let override_ = carried_override(&tool.meta, agreed, &outcome.level);
         let draft = Draft {
             decision_id: latest.decision_id,
             kind: RevisionKind::Amended,
@@ -458,18 +464,30 @@ fn carry_over(latest: Revision) -> Draft {
     }
 }
 
-/// The override an amendment of `latest` keeps: the approved override in force, when the
+/// The override an amendment keeps: `agreed`, the last override two people agreed, when the
 /// amended assessment's level `assessed` is not more serious than it (lowering the level needs a
 /// second person, as any change of level does; kept at an equal level too, or a second
-/// amendment could lower it). When the new assessment is more serious it stands alone; an
-/// override at a level the tool no longer declares is dropped.
-fn carried_override(meta: &ToolMeta, latest: &Revision, assessed: &str) -> Option<Override> {
-    let approved = latest.override_in_force()?;
+/// amendment could lower it). When the new assessment is more serious it stands alone, and the
+/// agreed level still binds a later amendment ([`last_agreed`]); an override at a level the tool
+/// no longer declares is dropped.
+fn carried_override(meta: &ToolMeta, agreed: Option<Override>, assessed: &str) -> Option<Override> {
+    let agreed = agreed?;
     let rank = |level: &str| meta.outcomes.iter().position(|o| o.level == level);
-    (rank(&approved.level)? >= rank(assessed)?).then(|| Override {
+    (rank(&agreed.level)? >= rank(assessed)?).then(|| Override {
         replaces: None,
-        ..approved.clone()
+        ..agreed
     })
+}
+
+/// The override last in force in a decision's `history` (oldest first): the level two people
+/// last agreed, which a more serious assessment puts aside but does not undo. Only another
+/// approved override changes it.
+fn last_agreed(history: &[Revision]) -> Option<Override> {
+    history
+        .iter()
+        .rev()
+        .find_map(Revision::override_in_force)
+        .cloned()
 }
 
 /// The override of `latest` that waits for a supervisor, for an approval or a refusal.
