@@ -473,7 +473,7 @@ fn carry_over(latest: Revision) -> Draft {
 fn carried_override(meta: &ToolMeta, agreed: Option<Override>, assessed: &str) -> Option<Override> {
     let agreed = agreed?;
     let rank = |level: &str| meta.outcomes.iter().position(|o| o.level == level);
-    (rank(&agreed.level)? >= rank(assessed)?).then(|| Override {
+    (rank(&agreed.level)? >= rank(assessed)?).then_some(Override {
         replaces: None,
         ..agreed
     })
