@@ -119,14 +119,14 @@ impl Decisions {
     }
 
     /// A dry run: validate and decide, store nothing.
-    pub fn evaluate(
+    pub async fn evaluate(
         &self,
         tool_id: &str,
-        input: &Value,
+        input: Value,
     ) -> DecisionResult<(Arc<Tool>, crate::rules::Outcome)> {
         let tool = self.tool(tool_id)?;
-        let outcome = tool.evaluate(input)?;
-        Ok((tool, outcome))
+        let (_, outcome) = decide(&tool, input).await;
+        Ok((tool, outcome?))
     }
 
     /// Decides `input` with `tool_id` for `case_id` and stores the decision.
@@ -154,7 +154,8 @@ impl Decisions {
             }
         }
         let tool = self.tool(tool_id)?;
-        let outcome = tool.evaluate(&input)?;
+        let (input, outcome) = decide(&tool, input).await;
+        let outcome = outcome?;
         let draft = Draft {
             decision_id: uuid::Uuid::now_v7().to_string(),
             kind: RevisionKind::Submitted,
@@ -191,7 +192,8 @@ impl Decisions {
     ) -> DecisionResult<Revision> {
         let latest = self.current(decision_id, expected_revision)?;
         let tool = self.tool(&latest.tool.id)?;
-        let outcome = tool.evaluate(&input)?;
+        let (input, outcome) = decide(&tool, input).await;
+        let outcome = outcome?;
         let agreed = match latest.override_in_force() {
             Some(agreed) => Some(agreed.clone()),
             // A more serious assessment may have put the agreed level aside: it still binds.
@@ -437,6 +439,22 @@ fn register_versions(store: &dyn Store, catalog: &Catalog) -> Result<(), StoreEr
         store.register_version(&tool_ref(tool), &tool.snapshot())?;
     }
     Ok(())
+}
+
+/// Validates `input` and runs `tool`'s rules on a blocking thread, and hands the input back. A
+/// decision is CPU work of up to the script's time limit (a second): on an async worker it would
+/// hold up every other request that worker serves, health checks included.
+async fn decide(
+    tool: &Arc<Tool>,
+    input: Value,
+) -> (Value, Result<crate::rules::Outcome, EvalError>) {
+    let tool = Arc::clone(tool);
+    tokio::task::spawn_blocking(move || {
+        let outcome = tool.evaluate(&input);
+        (input, outcome)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// The reference a decision keeps to the tool version that made it.

@@ -191,6 +191,6 @@ pub async fn tool_evaluate(
     Path(tool): Path<String>,
     Json(request): Json<EvaluateRequest>,
 ) -> Result<Json<Evaluation>, ApiError> {
-    let (tool, outcome) = state.decisions.evaluate(&tool, &request.input)?;
+    let (tool, outcome) = state.decisions.evaluate(&tool, request.input).await?;
     Ok(Json(Evaluation::new(tool_ref(&tool), outcome)))
 }

@@ -1371,3 +1371,36 @@ async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the
         (&json!("high"), &json!(1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_that_run_to_their_time_limit_do_not_hold_up_other_requests() {
+    let app = std::sync::Arc::new(spawn_app_with(&crate::hostile_root()).await);
+    // More slow evaluations than the runtime has async workers, each running its full second.
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let app = std::sync::Arc::clone(&app);
+        slow.spawn(async move {
+            let response = app
+                .post_json(
+                    "/v1/tools/slow-strings/evaluate",
+                    Role::Practitioner,
+                    &json!({"input": {"concerns": 2}}),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            std::time::Instant::now()
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let answered = std::time::Instant::now();
+
+    assert_eq!(health.status(), StatusCode::OK);
+    let first_slow = slow.join_next().await.unwrap().unwrap();
+    assert!(
+        answered < first_slow,
+        "the health check waited for the scripts"
+    );
+    while slow.join_next().await.is_some() {}
+}
