@@ -441,13 +441,20 @@ fn register_versions(store: &dyn Store, catalog: &Catalog) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Validates `input` and runs `tool`'s rules on a blocking thread, and hands the input back. A
-/// decision is CPU work of up to the script's time limit (a second): on an async worker it would
-/// hold up every other request that worker serves, health checks included.
+/// Validates `input` and runs `tool`'s rules, and hands the input back. A decision is CPU work of
+/// up to the script's time limit (a second), which on an async worker would hold up every other
+/// request that worker serves, health checks included; but handing each one to a blocking thread
+/// costs more than a typical decision (evaluate requests 0.87-0.89x, BENCHMARKS.md). So a tool
+/// runs inline until one of its decisions has been slow ([`Tool::is_slow`]), and on a blocking
+/// thread from then on: a slow script holds a worker once, not on every request.
 async fn decide(
     tool: &Arc<Tool>,
     input: Value,
 ) -> (Value, Result<crate::rules::Outcome, EvalError>) {
+    if !tool.is_slow() {
+        let outcome = tool.evaluate(&input);
+        return (input, outcome);
+    }
     let tool = Arc::clone(tool);
     tokio::task::spawn_blocking(move || {
         let outcome = tool.evaluate(&input);

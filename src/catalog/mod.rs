@@ -485,6 +485,7 @@ pub(crate) fn build(parts: Parts, sandbox: &Arc<Sandbox>) -> Result<Tool, Vec<Lo
         snapshot,
         imports,
         meta,
+        slow: Default::default(),
     })
 }
 

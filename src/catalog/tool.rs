@@ -202,7 +202,15 @@ pub struct Tool {
     pub(crate) snapshot: Arc<Value>,
     /// Sources of the core scripts the rules import, by import path.
     pub(crate) imports: std::collections::BTreeMap<String, String>,
+    /// Set once a decision of this tool has taken longer than [`SLOW_DECISION`]: see
+    /// [`Tool::is_slow`].
+    pub(crate) slow: std::sync::atomic::AtomicBool,
 }
+
+/// How long a decision may take before its tool counts as slow: well above what any shipped
+/// tool takes (tens of microseconds in a release build, a millisecond or two in a debug one),
+/// well below the script time limit (a second).
+pub const SLOW_DECISION: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Tool {
     pub fn id(&self) -> &str {
@@ -226,12 +234,26 @@ impl Tool {
 
     /// Validates `input` against the form and, if it is valid, decides.
     pub fn evaluate(&self, input: &Value) -> Result<Outcome, EvalError> {
+        let started = std::time::Instant::now();
         // The boolean check allocates nothing; the full list is built only for an invalid form.
-        if !self.form.is_valid(input) {
-            return Err(EvalError::InvalidForm(self.form.violations(input)));
+        let outcome = if self.form.is_valid(input) {
+            self.sandbox
+                .decide(&self.script, input, &self.params, &self.levels)
+        } else {
+            Err(EvalError::InvalidForm(self.form.violations(input)))
+        };
+        if started.elapsed() > SLOW_DECISION {
+            self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        self.sandbox
-            .decide(&self.script, input, &self.params, &self.levels)
+        outcome
+    }
+
+    /// Whether a decision of this tool has ever taken longer than [`SLOW_DECISION`] (for some
+    /// form, a script can run up to its time limit). A service evaluates a slow tool on a
+    /// blocking thread, and any other inline, where handing it to another thread would cost
+    /// more than the decision itself (about an eighth of the evaluate requests a second).
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Everything needed to re-run this exact version later: what the digest is computed over.

@@ -1373,9 +1373,18 @@ async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_that_run_to_their_time_limit_do_not_hold_up_other_requests() {
+async fn a_tool_once_slow_runs_off_the_async_workers_and_holds_up_no_other_request() {
     let app = std::sync::Arc::new(spawn_app_with(&crate::hostile_root()).await);
-    // More slow evaluations than the runtime has async workers, each running its full second.
+    // Its first decision runs inline, as every tool's does, and shows it slow.
+    let first = app
+        .post_json(
+            "/v1/tools/slow-strings/evaluate",
+            Role::Practitioner,
+            &json!({"input": {"concerns": 2}}),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Then more slow evaluations than the runtime has async workers, each running its second.
     let mut slow = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let app = std::sync::Arc::clone(&app);
