@@ -229,11 +229,11 @@ pub fn replay(
     let keep = request.offset.saturating_add(request.limit);
     let list_reworded = matches!(request.against, Target::Recorded {});
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
-    let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
     let considered = std::sync::atomic::AtomicU64::new(0);
 
     let partials = std::thread::scope(|scope| -> Result<Vec<Partial>, ReplayError> {
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
+        let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
         let mut handles = Vec::new();
         for _ in 0..workers {
             let batch_rx = Arc::clone(&batch_rx);
@@ -288,6 +288,9 @@ pub fn replay(
                 Ok(partial)
             }));
         }
+        // Only the workers hold the receiving end: when they have all stopped (cancelled), the
+        // reader's next send fails instead of waiting for ever on a full channel.
+        drop(batch_rx);
         // The reader: this thread walks the store and deals batches.
         let mut batch = Vec::with_capacity(256);
         for bytes in store.latest_raw(Some(&request.tool)) {
@@ -707,7 +710,7 @@ mod tests {
     use serde_json::json;
 
     /// A store of `n` threshold decisions (cases `c0`..), with the service over it.
-    async fn threshold_decisions(n: usize) -> (tempfile::TempDir, Arc<dyn Store>, Decisions) {
+    async fn threshold_decisions(n: usize) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Decisions>) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let case: Value = serde_json::from_str(
             &std::fs::read_to_string(
@@ -723,22 +726,28 @@ mod tests {
         };
         let store: Arc<dyn Store> = Arc::new(SledStore::open(data.path(), options).unwrap());
         let catalog = Catalog::load(root).unwrap();
-        let decisions = Decisions::new(catalog, Arc::clone(&store)).unwrap();
+        let decisions = Arc::new(Decisions::new(catalog, Arc::clone(&store)).unwrap());
         let actor = Actor {
             subject: "pat".into(),
             role: Role::Practitioner,
         };
+        // 64 at a time, so that one flush serves many.
+        let mut submits = tokio::task::JoinSet::new();
         for n in 0..n {
-            decisions
-                .submit(
-                    &format!("c{n}"),
-                    "threshold",
-                    case["input"].clone(),
-                    actor.clone(),
-                    None,
-                )
-                .await
-                .unwrap();
+            if submits.len() == 64 {
+                submits.join_next().await.unwrap().unwrap();
+            }
+            let (decisions, input, actor) =
+                (Arc::clone(&decisions), case["input"].clone(), actor.clone());
+            submits.spawn(async move {
+                decisions
+                    .submit(&format!("c{n}"), "threshold", input, actor, None)
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(done) = submits.join_next().await {
+            done.unwrap();
         }
         (data, store, decisions)
     }
@@ -778,24 +787,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_replay_cancelled_after_every_batch_was_dealt_stops_before_its_next_decision() {
-        // Fewer than one batch: the reader deals them all before it would look, so the workers
-        // must look for themselves, and evaluate nothing.
+    async fn a_replay_cancelled_after_every_batch_was_dealt_ends_cancelled() {
+        // Fewer than one batch: the reader deals them all before it would look, so the end of
+        // the replay must look again, or the workers' partial counts pass for a report.
         let (_data, store, decisions) = threshold_decisions(20).await;
-        let evaluated = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let evaluated = std::sync::atomic::AtomicU64::new(0);
 
         let cancel = Cancel::default();
         drop(cancel.when_dropped());
         let cancelled = run(store.as_ref(), &decisions, &cancel, &evaluated);
 
         assert!(matches!(cancelled, Err(ReplayError::Cancelled)));
-        // Progress is reported once, at the end of a replay that was not cancelled.
-        assert_eq!(
-            evaluated.load(std::sync::atomic::Ordering::Relaxed),
-            u64::MAX
-        );
         let report = run(store.as_ref(), &decisions, &Cancel::never(), &evaluated).unwrap();
         assert_eq!(report.considered, 20);
-        assert_eq!(evaluated.load(std::sync::atomic::Ordering::Relaxed), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_of_slow_rules_cancelled_midway_stops_within_a_decision_per_worker() {
+        // More decisions than the channel and the workers hold, so the reader waits on a full
+        // channel when the cancel comes; each decision of the candidate takes tens of
+        // milliseconds, so finishing the batches already dealt would take tens of seconds.
+        let (_data, store, decisions) = threshold_decisions(2_400).await;
+        let request: ReplayRequest = serde_json::from_value(json!({
+            "tool": "threshold",
+            "against": {"kind": "candidate", "rules": "fn decide(form, params) {\n    import \"threshold\" as core;\n    let x = 0;\n    for i in 0..20000 { x += 1; }\n    core::decide(form, params)\n}\n"}
+        }))
+        .unwrap();
+        let cancel = Cancel::default();
+        let guard = cancel.when_dropped();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let catalog = decisions.catalog();
+        std::thread::spawn(move || {
+            let result = replay(
+                store.as_ref(),
+                &catalog,
+                &request,
+                Limits::default(),
+                &|_| {},
+                &cancel,
+            );
+            let _ = done_tx.send(result.map(|r| r.considered));
+        });
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert!(
+            done_rx.try_recv().is_err(),
+            "the replay must still be running"
+        );
+
+        drop(guard);
+        let ended = done_rx.recv_timeout(std::time::Duration::from_secs(20));
+
+        assert!(
+            matches!(ended, Ok(Err(ReplayError::Cancelled))),
+            "a cancelled replay must end Cancelled within seconds, not finish its batches or hang: {ended:?}"
+        );
     }
 }
