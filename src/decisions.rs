@@ -446,7 +446,9 @@ fn register_versions(store: &dyn Store, catalog: &Catalog) -> Result<(), StoreEr
 /// request that worker serves, health checks included; but handing each one to a blocking thread
 /// costs more than a typical decision (evaluate requests 0.87-0.89x, BENCHMARKS.md). So a tool
 /// runs inline until one of its decisions has been slow ([`Tool::is_slow`]), and on a blocking
-/// thread from then on: a slow script holds a worker once, not on every request.
+/// thread from then on. The tool is seen slow while that script still runs (20 ms into it), so
+/// only the decisions of it already running inline by then hold their workers, each at most
+/// once per tool version.
 async fn decide(
     tool: &Arc<Tool>,
     input: Value,

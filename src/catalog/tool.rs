@@ -202,9 +202,9 @@ pub struct Tool {
     pub(crate) snapshot: Arc<Value>,
     /// Sources of the core scripts the rules import, by import path.
     pub(crate) imports: std::collections::BTreeMap<String, String>,
-    /// Set once a decision of this tool has taken longer than [`SLOW_DECISION`]: see
+    /// Set once a decision of this tool has run longer than [`SLOW_DECISION`]: see
     /// [`Tool::is_slow`].
-    pub(crate) slow: std::sync::atomic::AtomicBool,
+    pub(crate) slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a decision may take before its tool counts as slow: well above what any shipped
@@ -234,24 +234,22 @@ impl Tool {
 
     /// Validates `input` against the form and, if it is valid, decides.
     pub fn evaluate(&self, input: &Value) -> Result<Outcome, EvalError> {
-        let started = std::time::Instant::now();
         // The boolean check allocates nothing; the full list is built only for an invalid form.
-        let outcome = if self.form.is_valid(input) {
-            self.sandbox
-                .decide(&self.script, input, &self.params, &self.levels)
-        } else {
-            Err(EvalError::InvalidForm(self.form.violations(input)))
-        };
-        if started.elapsed() > SLOW_DECISION {
-            self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.form.is_valid(input) {
+            return Err(EvalError::InvalidForm(self.form.violations(input)));
         }
-        outcome
+        // The script's time alone: a form's validation is bounded by its size, and a large
+        // invalid form must not make its tool count as slow.
+        let _watch = crate::rules::SlowWatch::start(&self.slow, SLOW_DECISION);
+        self.sandbox
+            .decide(&self.script, input, &self.params, &self.levels)
     }
 
-    /// Whether a decision of this tool has ever taken longer than [`SLOW_DECISION`] (for some
-    /// form, a script can run up to its time limit). A service evaluates a slow tool on a
-    /// blocking thread, and any other inline, where handing it to another thread would cost
-    /// more than the decision itself (about an eighth of the evaluate requests a second).
+    /// Whether a decision of this tool has run longer than [`SLOW_DECISION`] (for some form, a
+    /// script can run up to its time limit): set while that script still runs, so requests
+    /// that come after it see it at once. A service evaluates a slow tool on a blocking thread,
+    /// and any other inline, where handing it to another thread would cost more than the
+    /// decision itself (about an eighth of the evaluate requests a second).
     pub fn is_slow(&self) -> bool {
         self.slow.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -15,6 +15,7 @@ mod outcome;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,28 @@ const OUT_OF_TIME: &str = "out of time";
 thread_local! {
     /// When the call of `decide` running on this thread must end.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When the call running on this thread counts as slow, and the flag that then says so
+    /// ([`SlowWatch`]).
+    static SLOW_WATCH: std::cell::RefCell<Option<(Instant, Arc<AtomicBool>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sets a flag once the scripts this thread runs while it is held have run longer than a given
+/// time, seen from inside the run (at the same looks at the clock as the time limit), so other
+/// threads can act on it before the script ends.
+pub struct SlowWatch(());
+
+impl SlowWatch {
+    pub fn start(flag: &Arc<AtomicBool>, after: Duration) -> SlowWatch {
+        SLOW_WATCH.set(Some((Instant::now() + after, Arc::clone(flag))));
+        SlowWatch(())
+    }
+}
+
+impl Drop for SlowWatch {
+    fn drop(&mut self) {
+        SLOW_WATCH.set(None);
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -197,9 +220,15 @@ impl Sandbox {
             if operations % CLOCK_EVERY != 0 {
                 return None;
             }
+            let now = Instant::now();
+            SLOW_WATCH.with_borrow(|watch| {
+                if let Some((_, flag)) = watch.as_ref().filter(|(at, _)| now > *at) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
             DEADLINE
                 .get()
-                .is_some_and(|deadline| Instant::now() > deadline)
+                .is_some_and(|deadline| now > deadline)
                 .then(|| Dynamic::from(OUT_OF_TIME))
         });
         // `eval` would run code that was never compiled, checked or digested.

@@ -1375,7 +1375,8 @@ async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_once_slow_runs_off_the_async_workers_and_holds_up_no_other_request() {
     let app = std::sync::Arc::new(spawn_app_with(&crate::hostile_root()).await);
-    // Its first decision runs inline, as every tool's does, and shows it slow.
+    // Its first decision runs inline, as every tool's does, and shows it slow (it holds one
+    // async worker for its second: the price of not handing every decision to another thread).
     let first = app
         .post_json(
             "/v1/tools/slow-strings/evaluate",

@@ -36,6 +36,29 @@ enum Expected {
 
 /// Evaluates the hostile tool `id`, asserts the error, then asserts that `well-behaved`, which
 /// shares the catalog's one sandbox, still decides exactly as before.
+#[test]
+fn a_tool_is_seen_slow_while_its_script_still_runs_and_a_quick_one_never_is() {
+    let catalog = Catalog::load(&hostile_root()).expect("the hostile catalog loads");
+    let slow = std::sync::Arc::clone(catalog.get("slow-strings").unwrap());
+    let well = catalog.get("well-behaved").unwrap();
+    assert!(!slow.is_slow());
+
+    let running = {
+        let slow = std::sync::Arc::clone(&slow);
+        std::thread::spawn(move || slow.evaluate(&json!({"concerns": 2})))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // A second into its time limit, the script has not ended, and other requests already know.
+    assert!(!running.is_finished(), "the script must still be running");
+    assert!(slow.is_slow());
+    assert!(running.join().unwrap().is_err());
+    for concerns in 0..20 {
+        well.evaluate(&json!({"concerns": concerns})).unwrap();
+    }
+    assert!(!well.is_slow());
+}
+
 fn check_hostile(id: &str, expected: Expected) {
     let catalog = Catalog::load(&hostile_root())
         .unwrap_or_else(|errors| panic!("the hostile catalog must load: {errors:#?}"));
