@@ -657,8 +657,13 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
     }
 }
 
+/// The longest review interval a tool may set: a hundred years. Dates past chrono's range
+/// (hundreds of millennia) would panic when a review date is computed.
+pub const MAX_REVIEW_DAYS: u32 = 36_500;
+
 /// Every review interval of `meta` that names a param its params do not hold as a whole number
-/// of days. Checked on the core's params and again on a plugin's, which may change them.
+/// of days, or that is longer than [`MAX_REVIEW_DAYS`]. Checked on the core's params and again
+/// on a plugin's, which may change them.
 pub(crate) fn review_interval_problems(meta: &ToolMeta) -> Vec<String> {
     let tool = meta
         .review_after_days
@@ -670,9 +675,12 @@ pub(crate) fn review_interval_problems(meta: &ToolMeta) -> Vec<String> {
     });
     tool.into_iter()
         .chain(levels)
-        .filter_map(|(at, interval)| match interval {
-            ReviewAfter::Param(path) if interval.days(&meta.params).is_none() => Some(format!(
+        .filter_map(|(at, interval)| match (interval, interval.days(&meta.params)) {
+            (ReviewAfter::Param(path), None) => Some(format!(
                 "{at} names the param {path:?}, which params does not hold as a whole number of days (e.g. 28)"
+            )),
+            (_, Some(days)) if days > MAX_REVIEW_DAYS => Some(format!(
+                "{at} is {days} days; a review interval is at most {MAX_REVIEW_DAYS} days (a hundred years)"
             )),
             _ => None,
         })

@@ -146,6 +146,10 @@ fn apply_one(
     errors: &mut Vec<LoadError>,
 ) {
     let manifest_path = folder.join(MANIFEST);
+    if !super::confined(folder, &manifest_path) {
+        errors.push(super::outside(folder, &manifest_path));
+        return;
+    }
     let Some(text) = read(&manifest_path, errors) else {
         return;
     };

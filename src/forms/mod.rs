@@ -265,6 +265,11 @@ impl Form {
             return listed(out);
         }
         for e in self.validator.iter_errors(input) {
+            // The validator lists every violation at once; turning each into ours stops at the
+            // bound.
+            if out.len() > MAX_VIOLATIONS {
+                break;
+            }
             let parent = e.instance_path().as_str();
             match e.kind() {
                 ValidationErrorKind::Required {

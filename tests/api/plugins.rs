@@ -1070,3 +1070,41 @@ fn a_local_tool_whose_schema_links_outside_the_plugin_folder_is_refused() {
 
     assert_link_out_refused(root.path(), "tool-schemas/linked.json");
 }
+
+#[test]
+fn a_plugin_param_that_makes_a_review_interval_centuries_long_is_a_load_error() {
+    let root = catalog_copy(false);
+    write_plugin(
+        root.path(),
+        PLUGIN,
+        &manifest(
+            "[overrides.plan-stress-test]\nparams = { timescales_days = { gaps = 100000000 } }\n",
+        ),
+        &[],
+    );
+
+    let errors = Catalog::load(root.path()).expect_err("the plugin must not load");
+
+    // Both levels whose interval the param holds; a review date that far out cannot be computed.
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    for e in &errors {
+        assert!(
+            e.message
+                .contains("is 100000000 days; a review interval is at most 36500 days"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_manifest_that_links_outside_its_folder_is_refused() {
+    let root = catalog_copy(false);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().join("plugin.toml");
+    std::fs::write(&outside, medium_at(6)).unwrap();
+    let folder = root.path().join("plugins").join(PLUGIN);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("plugin.toml")).unwrap();
+
+    assert_link_out_refused(root.path(), "plugin.toml");
+}
