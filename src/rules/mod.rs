@@ -131,20 +131,28 @@ const OUT_OF_TIME: &str = "out of time";
 thread_local! {
     /// When the call of `decide` running on this thread must end.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// When the call running on this thread counts as slow, and the flag that then says so
-    /// ([`SlowWatch`]).
-    static SLOW_WATCH: std::cell::RefCell<Option<(Instant, Arc<AtomicBool>)>> =
+    /// This thread's CPU time at which the call running on it counts as slow, and the flag that
+    /// then says so ([`SlowWatch`]).
+    static SLOW_WATCH: std::cell::RefCell<Option<(Duration, Arc<AtomicBool>)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Sets a flag once the scripts this thread runs while it is held have run longer than a given
-/// time, seen from inside the run (at the same looks at the clock as the time limit), so other
-/// threads can act on it before the script ends.
+/// The CPU time this thread has used. Not the wall clock: on a loaded machine a thread waits
+/// for a core for tens of milliseconds at times, and a quick script must not count as slow
+/// because its thread was kept waiting.
+fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
+}
+
+/// Sets a flag once the scripts this thread runs while it is held have used more than a given
+/// CPU time, seen from inside the run (at the same looks at the clock as the time limit), so
+/// other threads can act on it before the script ends.
 pub struct SlowWatch(());
 
 impl SlowWatch {
     pub fn start(flag: &Arc<AtomicBool>, after: Duration) -> SlowWatch {
-        SLOW_WATCH.set(Some((Instant::now() + after, Arc::clone(flag))));
+        SLOW_WATCH.set(Some((thread_cpu_time() + after, Arc::clone(flag))));
         SlowWatch(())
     }
 }
@@ -222,8 +230,10 @@ impl Sandbox {
             }
             let now = Instant::now();
             SLOW_WATCH.with_borrow(|watch| {
-                if let Some((_, flag)) = watch.as_ref().filter(|(at, _)| now > *at) {
-                    flag.store(true, Ordering::Relaxed);
+                if let Some((at, flag)) = watch {
+                    if !flag.load(Ordering::Relaxed) && thread_cpu_time() > *at {
+                        flag.store(true, Ordering::Relaxed);
+                    }
                 }
             });
             DEADLINE
