@@ -207,10 +207,10 @@ pub struct Tool {
     pub(crate) slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// How much CPU time a decision's script may use before its tool counts as slow: well above
-/// what any shipped tool uses (tens of microseconds in a release build, a millisecond or two in
-/// a debug one), well below the script time limit (a second). CPU time, not the wall clock: on
-/// a loaded machine a quick script's thread may wait longer than this for a core.
+/// How long a decision's script may run before its tool counts as slow (and then use as much
+/// CPU time again: a thread kept waiting for a core on a loaded machine is not a slow script):
+/// well above what any shipped tool takes (tens of microseconds in a release build, a
+/// millisecond or two in a debug one), well below the script time limit (a second).
 pub const SLOW_DECISION: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Tool {

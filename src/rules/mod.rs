@@ -131,10 +131,17 @@ const OUT_OF_TIME: &str = "out of time";
 thread_local! {
     /// When the call of `decide` running on this thread must end.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// This thread's CPU time at which the call running on it counts as slow, and the flag that
-    /// then says so ([`SlowWatch`]).
-    static SLOW_WATCH: std::cell::RefCell<Option<(Duration, Arc<AtomicBool>)>> =
-        const { std::cell::RefCell::new(None) };
+    /// What [`SlowWatch`] watches on this thread.
+    static SLOW_WATCH: std::cell::RefCell<Option<Watch>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A running call's watch for slowness: first the wall clock, read at every look anyway; once
+/// that has passed `after`, this thread's CPU time, which must then grow by `after` again.
+struct Watch {
+    wall_at: Instant,
+    after: Duration,
+    cpu_at: Option<Duration>,
+    flag: Arc<AtomicBool>,
 }
 
 /// The CPU time this thread has used. Not the wall clock: on a loaded machine a thread waits
@@ -145,14 +152,21 @@ fn thread_cpu_time() -> Duration {
         .map_or(Duration::ZERO, Duration::from)
 }
 
-/// Sets a flag once the scripts this thread runs while it is held have used more than a given
-/// CPU time, seen from inside the run (at the same looks at the clock as the time limit), so
-/// other threads can act on it before the script ends.
+/// Sets a flag once the script this thread runs while it is held has run longer than `after`
+/// and then used `after` of CPU time more, seen from inside the run (at the same looks at the
+/// clock as the time limit), so other threads can act on it before the script ends. A quick
+/// script never reads its CPU time (a system call); a thread kept waiting for a core is not
+/// taken for a slow script.
 pub struct SlowWatch(());
 
 impl SlowWatch {
     pub fn start(flag: &Arc<AtomicBool>, after: Duration) -> SlowWatch {
-        SLOW_WATCH.set(Some((thread_cpu_time() + after, Arc::clone(flag))));
+        SLOW_WATCH.set(Some(Watch {
+            wall_at: Instant::now() + after,
+            after,
+            cpu_at: None,
+            flag: Arc::clone(flag),
+        }));
         SlowWatch(())
     }
 }
@@ -229,11 +243,17 @@ impl Sandbox {
                 return None;
             }
             let now = Instant::now();
-            SLOW_WATCH.with_borrow(|watch| {
-                if let Some((at, flag)) = watch {
-                    if !flag.load(Ordering::Relaxed) && thread_cpu_time() > *at {
-                        flag.store(true, Ordering::Relaxed);
-                    }
+            SLOW_WATCH.with_borrow_mut(|watch| {
+                let Some(watch) = watch.as_mut().filter(|w| now > w.wall_at) else {
+                    return;
+                };
+                if watch.flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                match watch.cpu_at {
+                    None => watch.cpu_at = Some(thread_cpu_time() + watch.after),
+                    Some(at) if thread_cpu_time() > at => watch.flag.store(true, Ordering::Relaxed),
+                    Some(_) => {}
                 }
             });
             DEADLINE
