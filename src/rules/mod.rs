@@ -256,10 +256,16 @@ impl Sandbox {
                     Some(_) => {}
                 }
             });
-            DEADLINE
-                .get()
-                .is_some_and(|deadline| now > deadline)
-                .then(|| Dynamic::from(OUT_OF_TIME))
+            let out_of_time = DEADLINE.get().is_some_and(|deadline| now > deadline);
+            if out_of_time {
+                // Whatever its CPU time said so far: it ran to the time limit.
+                SLOW_WATCH.with_borrow(|watch| {
+                    if let Some(watch) = watch {
+                        watch.flag.store(true, Ordering::Relaxed);
+                    }
+                });
+            }
+            out_of_time.then(|| Dynamic::from(OUT_OF_TIME))
         });
         // `eval` would run code that was never compiled, checked or digested.
         engine.disable_symbol("eval");
