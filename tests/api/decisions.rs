@@ -1164,6 +1164,20 @@ async fn amending_drops_an_override_made_on_the_old_input() {
     assert!(amended.get("override").is_none(), "{amended}");
 }
 
+/// Amends decision `id` at `revision` with `input` as the practitioner; the new revision.
+async fn amended_to(app: &TestApp, id: &str, revision: u32, input: &Value) -> Value {
+    let response = app
+        .change(
+            id,
+            "revisions",
+            Role::Practitioner,
+            revision,
+            &json!({ "input": input }),
+        )
+        .await;
+    json_of(response, StatusCode::CREATED).await
+}
+
 #[tokio::test]
 async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     let app = spawn_app().await;
@@ -1186,16 +1200,7 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
 
     // The same form again (one answer reworded, say): the tool still says low, and the level
     // two people agreed stays in force, with their override.
-    let amended = app
-        .change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            3,
-            &json!({"input": low}),
-        )
-        .await;
-    let amended = json_of(amended, StatusCode::CREATED).await;
+    let amended = amended_to(&app, id, 3, &low).await;
     assert_eq!(amended["kind"], "amended");
     assert_eq!(amended["tool_level"], "low");
     assert_eq!(amended["level"], "medium", "{amended}");
@@ -1203,16 +1208,7 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
 
     // Nor do two amendments in a row: one at the agreed level, then one below it.
     for (revision, level) in [(4, "medium"), (5, "low")] {
-        let again = app
-            .change(
-                id,
-                "revisions",
-                Role::Practitioner,
-                revision,
-                &json!({"input": input_at(TOOL, level)}),
-            )
-            .await;
-        let again = json_of(again, StatusCode::CREATED).await;
+        let again = amended_to(&app, id, revision, &input_at(TOOL, level)).await;
         assert_eq!(again["tool_level"], level);
         assert_eq!(again["level"], "medium", "{again}");
     }
@@ -1220,30 +1216,12 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     // A form the tool places above the agreed level stands alone: more serious needs no one's
     // approval.
     let high = input_at(TOOL, "high");
-    let raised = app
-        .change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            6,
-            &json!({"input": high}),
-        )
-        .await;
-    let raised = json_of(raised, StatusCode::CREATED).await;
+    let raised = amended_to(&app, id, 6, &high).await;
     assert_eq!(raised["level"], "high", "{raised}");
     assert!(raised.get("override").is_none(), "{raised}");
 
     // Put aside, not undone: an amendment back below the agreed level finds it in force again.
-    let lowered = app
-        .change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            7,
-            &json!({"input": low}),
-        )
-        .await;
-    let lowered = json_of(lowered, StatusCode::CREATED).await;
+    let lowered = amended_to(&app, id, 7, &low).await;
     assert_eq!(lowered["tool_level"], "low");
     assert_eq!(lowered["level"], "medium", "{lowered}");
     assert_eq!(lowered["override"]["status"], "approved", "{lowered}");

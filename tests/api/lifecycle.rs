@@ -1160,21 +1160,17 @@ async fn sighup_reloads_the_catalog_and_the_service_goes_on() {
         .expect("still serving");
     assert_eq!(health.status(), StatusCode::OK);
     // It ran the site's cases, as a reload over the API does.
-    let reloaded = server
-        .log_lines()
-        .into_iter()
-        .find(|l| l["fields"]["message"] == "catalog reloaded")
-        .expect("the reload's line");
+    let [reloaded] = &logged(&server, "INFO", "catalog reloaded")[..] else {
+        panic!("one reload line:\n{}", server.log());
+    };
     assert!(
         reloaded["fields"]["cases_run"].as_u64() > Some(0),
         "{reloaded}"
     );
     // And so did the start.
-    let loaded = server
-        .log_lines()
-        .into_iter()
-        .find(|l| l["fields"]["message"] == "catalog loaded")
-        .expect("the start's line");
+    let [loaded] = &logged(&server, "INFO", "catalog loaded")[..] else {
+        panic!("one start line:\n{}", server.log());
+    };
     assert_eq!(
         loaded["fields"]["cases_run"],
         reloaded["fields"]["cases_run"]

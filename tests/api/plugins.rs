@@ -980,17 +980,17 @@ async fn a_review_interval_held_in_a_param_moves_with_the_plugin_s_params() {
     assert_eq!(days.div_euclid(86_400), 14, "{journey}");
 }
 
+/// The load errors of a core catalog copy with a plugin of manifest `body`, which must not load.
+fn load_errors_with(body: &str) -> Vec<safeguard::catalog::LoadError> {
+    let root = catalog_copy(false);
+    write_plugin(root.path(), PLUGIN, &manifest(body), &[]);
+    Catalog::load(root.path()).expect_err("the plugin must not load")
+}
+
 #[test]
 fn a_plugin_param_that_leaves_a_review_interval_no_whole_days_is_a_load_error() {
-    let root = catalog_copy(false);
-    write_plugin(
-        root.path(),
-        PLUGIN,
-        &manifest("[overrides.network-meeting]\nparams = { min_notice_days = 2.5 }\n"),
-        &[],
-    );
-
-    let errors = Catalog::load(root.path()).expect_err("the plugin must not load");
+    let errors =
+        load_errors_with("[overrides.network-meeting]\nparams = { min_notice_days = 2.5 }\n");
 
     // One for each level whose interval the param holds.
     let levels: Vec<&str> = errors
@@ -1073,17 +1073,9 @@ fn a_local_tool_whose_schema_links_outside_the_plugin_folder_is_refused() {
 
 #[test]
 fn a_plugin_param_that_makes_a_review_interval_centuries_long_is_a_load_error() {
-    let root = catalog_copy(false);
-    write_plugin(
-        root.path(),
-        PLUGIN,
-        &manifest(
-            "[overrides.plan-stress-test]\nparams = { timescales_days = { gaps = 100000000 } }\n",
-        ),
-        &[],
+    let errors = load_errors_with(
+        "[overrides.plan-stress-test]\nparams = { timescales_days = { gaps = 100000000 } }\n",
     );
-
-    let errors = Catalog::load(root.path()).expect_err("the plugin must not load");
 
     // Both levels whose interval the param holds; a review date that far out cannot be computed.
     assert_eq!(errors.len(), 2, "{errors:#?}");
