@@ -652,6 +652,16 @@ impl Standing {
         self.assessed.seq >= current_seq
     }
 
+    /// The decision and its level in force, as of its assessment.
+    fn at_level(&self) -> AtLevel {
+        AtLevel {
+            decision_id: self.latest.decision_id.clone(),
+            tool: self.latest.tool.id.clone(),
+            level: self.latest.effective_level().to_owned(),
+            since: self.assessed.at.clone(),
+        }
+    }
+
     /// When the decision is due for review: its assessment's time plus the `review_after_days`
     /// of its level in force, or else of its tool, as the tool is served now; overdue once this
     /// is at or before now.
@@ -673,7 +683,7 @@ impl Standing {
 #[derive(Debug, Default)]
 pub(crate) struct LastAssessment {
     /// The journal place of the latest, and its closure.
-    last: Option<(u64, Option<Closed>)>,
+    last: Option<(u64, Option<AtLevel>)>,
 }
 
 impl LastAssessment {
@@ -693,17 +703,17 @@ impl LastAssessment {
             return;
         }
         let level = d.effective_level();
-        let closure = tool.meta.closes.iter().any(|l| l == level).then(|| Closed {
-            decision_id: d.decision_id.clone(),
-            tool: d.tool.id.clone(),
-            level: level.to_owned(),
-            since: standing.assessed.at.clone(),
-        });
+        let closure = tool
+            .meta
+            .closes
+            .iter()
+            .any(|l| l == level)
+            .then(|| standing.at_level());
         self.last = Some((standing.assessed.seq, closure));
     }
 
     /// The closure in force: the latest assessment closes the case.
-    pub(crate) fn closed(&self) -> Option<&Closed> {
+    pub(crate) fn closed(&self) -> Option<&AtLevel> {
         self.last.as_ref().and_then(|(_, closure)| closure.as_ref())
     }
 }
@@ -723,12 +733,18 @@ pub struct Journey {
     /// decision at a level that closes a case (`x-tool.closes`). Nothing is due while it is; a
     /// later assessment with such a tool reopens it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub closed: Option<Closed>,
+    pub closed: Option<AtLevel>,
+    /// Set while the case may not move on: a tool of its current stage has its latest decision
+    /// at a level that holds a case there (`x-tool.holds`, a plan that failed its stress test,
+    /// say), so the next stage's tools are not due until that tool is done again (or its level
+    /// is overridden and approved) at a level that does not hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<AtLevel>,
 }
 
-/// The decision that closed a case.
+/// A decision whose level in force closes a case, or holds it at its stage.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Closed {
+pub struct AtLevel {
     pub decision_id: String,
     pub tool: String,
     pub level: String,
@@ -759,39 +775,30 @@ pub struct Due {
     pub since: Option<String>,
 }
 
+/// A review date as the journey gives it: RFC 3339, to the second.
+fn review_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// The journey of a case: the current stage is the furthest stage with a decision; due are the
-/// current stage's tools without one (or, when they are all done, the next stage's), and every
-/// decision past its `review_after_days` (its level's, else its tool's).
+/// current stage's tools without one (or, when they are all done and none holds the case at its
+/// stage, the next stage's), and every decision past its `review_after_days` (its level's, else
+/// its tool's).
 pub(crate) fn journey(
     case_id: &str,
     decisions: &[Standing],
     catalog: &Catalog,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Journey {
-    // By tool: the journal place of its latest assessment, that decision, and its review date.
-    let mut latest: BTreeMap<
-        String,
-        (u64, JourneyDecision, Option<chrono::DateTime<chrono::Utc>>),
-    > = BTreeMap::new();
+    // By tool: its latest assessment.
+    let mut latest: BTreeMap<&str, &Standing> = BTreeMap::new();
     for standing in decisions {
-        let d = &standing.latest;
-        let review_due = standing.review_due(catalog);
-        let newer = latest
-            .get(&d.tool.id)
-            .is_none_or(|(seq, ..)| standing.supersedes(*seq));
-        let entry = JourneyDecision {
-            decision_id: d.decision_id.clone(),
-            revision: d.revision,
-            level: d.effective_level().to_owned(),
-            recorded_at: d.recorded_at.clone(),
-            assessed_at: standing.assessed.at.clone(),
-            review_due: review_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        };
-        if newer {
-            latest.insert(
-                d.tool.id.clone(),
-                (standing.assessed.seq, entry, review_due),
-            );
+        let tool = standing.latest.tool.id.as_str();
+        if latest
+            .get(tool)
+            .is_none_or(|current| standing.supersedes(current.assessed.seq))
+        {
+            latest.insert(tool, standing);
         }
     }
     let mut last = LastAssessment::default();
@@ -804,6 +811,25 @@ pub(crate) fn journey(
         .filter_map(|id| case_stage(catalog, id))
         .max()
         .unwrap_or(0);
+    // An agency's own assessments, recorded under its id, are no child's case: no tool of the
+    // case journey is due for them, and nothing holds them. Nor for a closed case.
+    let organisational = !decisions.is_empty()
+        && decisions
+            .iter()
+            .all(|d| is_organisational(catalog, &d.latest.tool.id));
+    let open = !organisational && closed.is_none();
+    let held: Vec<AtLevel> = latest
+        .iter()
+        .filter(|_| open)
+        .filter(|(id, _)| case_stage(catalog, id) == Some(stage))
+        .filter(|(id, standing)| {
+            catalog.get(id).is_some_and(|t| {
+                let level = standing.latest.effective_level();
+                t.meta.holds.iter().any(|l| l == level)
+            })
+        })
+        .map(|(_, standing)| standing.at_level())
+        .collect();
     let not_done = |stage: u8| -> Vec<String> {
         catalog
             .tools()
@@ -811,40 +837,53 @@ pub(crate) fn journey(
             .map(|t| t.id().to_owned())
             .collect()
     };
-    let mut due: Vec<Due> = Vec::new();
-    // An agency's own assessments, recorded under its id, are no child's case: no tool of the
-    // case journey is due for them. Nor for a closed case.
-    let organisational = !decisions.is_empty()
-        && decisions
-            .iter()
-            .all(|d| is_organisational(catalog, &d.latest.tool.id));
     let mut missing = Vec::new();
-    if !organisational && closed.is_none() {
+    if open {
         missing = not_done(stage);
-        if missing.is_empty() && stage < 7 {
+        if missing.is_empty() && stage < 7 && held.is_empty() {
             missing = not_done(stage + 1);
         }
     }
-    due.extend(missing.into_iter().map(|tool| Due {
-        tool,
-        why: "not-done".into(),
-        since: None,
-    }));
+    let mut due: Vec<Due> = missing
+        .into_iter()
+        .map(|tool| Due {
+            tool,
+            why: "not-done".into(),
+            since: None,
+        })
+        .collect();
     // A closed case has no reviews due.
     let reviews = latest.iter().take_while(|_| closed.is_none());
-    due.extend(reviews.filter_map(|(tool, (_, entry, review_due))| {
-        review_due.filter(|at| *at <= now).map(|_| Due {
-            tool: tool.clone(),
+    due.extend(reviews.filter_map(|(tool, standing)| {
+        let at = standing.review_due(catalog).filter(|at| *at <= now)?;
+        Some(Due {
+            tool: (*tool).to_owned(),
             why: "review-overdue".into(),
-            since: entry.review_due.clone(),
+            since: Some(review_time(at)),
         })
     }));
+    let latest = latest
+        .into_iter()
+        .map(|(tool, standing)| {
+            let d = &standing.latest;
+            let entry = JourneyDecision {
+                decision_id: d.decision_id.clone(),
+                revision: d.revision,
+                level: d.effective_level().to_owned(),
+                recorded_at: d.recorded_at.clone(),
+                assessed_at: standing.assessed.at.clone(),
+                review_due: standing.review_due(catalog).map(review_time),
+            };
+            (tool.to_owned(), entry)
+        })
+        .collect();
     Journey {
         case: case_id.to_owned(),
         stage,
-        latest: latest.into_iter().map(|(k, (_, e, _))| (k, e)).collect(),
+        latest,
         due,
         closed,
+        held,
     }
 }
 
@@ -871,6 +910,7 @@ mod tests {
             override_policy: policy,
             review_after_days: None,
             closes: Vec::new(),
+            holds: Vec::new(),
         }
     }
 

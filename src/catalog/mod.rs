@@ -635,10 +635,10 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
     if !meta.params.is_object() {
         problem("`x-tool.params` must be an object of named weights and cut-points".into());
     }
-    for level in &meta.closes {
-        if !seen.contains(level.as_str()) {
+    for (key, levels) in [("closes", &meta.closes), ("holds", &meta.holds)] {
+        for level in levels.iter().filter(|l| !seen.contains(l.as_str())) {
             problem(format!(
-                "`x-tool.closes` names {level:?}, which is not one of its levels ({})",
+                "`x-tool.{key}` names {level:?}, which is not one of its levels ({})",
                 meta.outcomes
                     .iter()
                     .map(|o| o.level.as_str())
@@ -646,6 +646,11 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
                     .join(", ")
             ));
         }
+    }
+    if let Some(level) = meta.holds.iter().find(|l| meta.closes.contains(l)) {
+        problem(format!(
+            "`x-tool` both closes and holds a case at {level:?}: a level does one or the other"
+        ));
     }
     for message in review_interval_problems(meta) {
         problem(message);
@@ -746,5 +751,40 @@ mod tests {
     fn load_errors_read_as_file_line_column_message() {
         let e = LoadError::new("rules/x.rhai", "boom").at(Some(3), Some(7));
         assert_eq!(e.to_string(), "rules/x.rhai:3:7: boom");
+    }
+
+    /// The problems `check_meta` finds in an `x-tool` block of levels low and high.
+    fn meta_problems(extra: serde_json::Value) -> Vec<String> {
+        let mut block = serde_json::json!({
+            "id": "t", "version": "1.0.0", "stage": 4,
+            "outcomes": [
+                {"level": "low", "label": "Low", "response": "Go on"},
+                {"level": "high", "label": "High", "response": "Do it again"}
+            ]
+        });
+        block
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let meta: ToolMeta = serde_json::from_value(block).unwrap();
+        let mut errors = Vec::new();
+        check_meta(&meta, "t", Path::new("tool-schemas/t.json"), &mut errors);
+        errors.into_iter().map(|e| e.message).collect()
+    }
+
+    #[test]
+    fn a_holding_level_must_be_declared_and_may_not_also_close() {
+        assert_eq!(
+            meta_problems(serde_json::json!({"holds": ["high"]})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            meta_problems(serde_json::json!({"holds": ["fails"]})),
+            ["`x-tool.holds` names \"fails\", which is not one of its levels (low, high)"]
+        );
+        assert_eq!(
+            meta_problems(serde_json::json!({"holds": ["high"], "closes": ["high"]})),
+            ["`x-tool` both closes and holds a case at \"high\": a level does one or the other"]
+        );
     }
 }

@@ -36,6 +36,12 @@ pub struct ToolMeta {
     /// tool at one of them, nothing of the journey is due (no tools, no reviews).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closes: Vec<String>,
+    /// The levels that hold a case at its stage: while a tool of the case's current stage has
+    /// its latest decision at one of them (at its level in force), the next stage's tools are
+    /// not due. For a level whose response says to put something right and do the tool again
+    /// before the case moves on (a plan that failed its stress test is not launched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
 }
 
 impl ToolMeta {

@@ -294,3 +294,68 @@ async fn a_level_that_asks_for_the_tool_again_is_due_for_review_sooner_than_the_
         "{robust}"
     );
 }
+
+#[tokio::test]
+async fn a_plan_that_fails_its_stress_test_holds_the_case_until_it_is_re_tested() {
+    let app = spawn_app().await;
+    let fails = json_of(
+        app.submit(
+            "case-1",
+            "plan-stress-test",
+            &input_at("plan-stress-test", "fails"),
+            Role::Practitioner,
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let held = journey(&app, "case-1").await;
+
+    assert_eq!(held["stage"], 4, "{held}");
+    assert_eq!(held["held"].as_array().map(Vec::len), Some(1), "{held}");
+    assert_eq!(held["held"][0]["decision_id"], fails["id"], "{held}");
+    assert_eq!(held["held"][0]["tool"], "plan-stress-test");
+    assert_eq!(held["held"][0]["level"], "fails");
+    assert_eq!(held["held"][0]["since"], fails["recorded_at"]);
+    // Stage 4 has no other tool: without the hold, monitoring the launched plan would be due.
+    assert_eq!(due(&held, "not-done"), Vec::<String>::new(), "{held}");
+
+    // Rebuilt and re-tested: the same decision amended to a robust plan moves the case on.
+    let id = fails["id"].as_str().unwrap();
+    let body = json!({"input": input_at("plan-stress-test", "robust")});
+    json_of(
+        app.change(id, "revisions", Role::Practitioner, 1, &body)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let moved = journey(&app, "case-1").await;
+
+    assert!(moved.get("held").is_none(), "{moved}");
+    assert_eq!(due(&moved, "not-done"), ["monitoring-review"], "{moved}");
+}
+
+#[tokio::test]
+async fn a_hold_at_an_earlier_stage_than_the_cases_holds_nothing() {
+    let app = spawn_app().await;
+    for (tool, level) in [
+        ("plan-stress-test", "gaps"),
+        ("monitoring-review", "on-track"),
+    ] {
+        let response = app
+            .submit("case-1", tool, &input_at(tool, level), Role::Practitioner)
+            .await;
+        json_of(response, StatusCode::CREATED).await;
+    }
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["stage"], 5, "{journey}");
+    assert!(journey.get("held").is_none(), "{journey}");
+    assert_eq!(
+        due(&journey, "not-done"),
+        ["risk-reassessment", "sustainability-plan"],
+        "{journey}"
+    );
+}
