@@ -80,9 +80,10 @@ pub struct TokenRecord {
 }
 
 /// Whether `subject` may name a token's holder: it is recorded as the actor of everything done
-/// with the token, so it must be a short, printable, non-blank name.
+/// with the token, and four eyes compare subjects, so it must be a short, printable, non-blank
+/// name, and two subjects that look the same must be the same.
 pub fn check_subject(subject: &str) -> Result<(), String> {
-    // Rules the API description states exactly (`api::admin::NewToken`'s pattern).
+    // The API description states these rules as far as a pattern can (`subject_pattern`).
     if subject.chars().all(char::is_whitespace) {
         return Err("the subject must name who holds the token".into());
     }
@@ -92,42 +93,61 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
     if subject.chars().any(char::is_control) {
         return Err("the subject may not contain control characters".into());
     }
-    // The subject is the actor of every revision, and four eyes compare subjects: two that look
-    // the same must be the same.
     if subject.chars().any(is_invisible) {
-        return Err("the subject may not contain invisible formatting characters (such as a zero-width space or a right-to-left mark)".into());
+        return Err("the subject may not contain invisible characters (such as a zero-width space, a right-to-left mark, a variation selector or a tag character)".into());
     }
     if subject.starts_with(char::is_whitespace) || subject.ends_with(char::is_whitespace) {
         return Err("the subject may not begin or end with a space".into());
     }
+    // "ë" typed as one character and as "e" plus a combining diaeresis look the same: only the
+    // composed form, the one keyboards type, is taken.
+    if !icu_normalizer::ComposingNormalizerBorrowed::new_nfc().is_normalized(subject) {
+        return Err("the subject must be in Unicode's composed form (NFC): an accented letter as one character, as keyboards type it".into());
+    }
     Ok(())
 }
 
-/// Unicode's invisible formatting characters (general category Cf) of the Basic Multilingual
-/// Plane: a zero-width space, joiners, direction marks and overrides, the soft hyphen, the byte
-/// order mark and the like. They change what a text is without changing how it looks.
+/// Characters that change a text without showing: Unicode's format characters (general category
+/// Cf: a zero-width space, joiners, direction marks and overrides, the soft hyphen, the byte
+/// order mark, tag characters) and its default-ignorable code points (variation selectors, the
+/// combining grapheme joiner, the Hangul fillers), plus the blank Braille pattern, which is drawn
+/// as nothing.
 pub fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{ad}'
-            | '\u{600}'..='\u{605}'
-            | '\u{61c}'
-            | '\u{6dd}'
-            | '\u{70f}'
-            | '\u{890}'..='\u{891}'
-            | '\u{8e2}'
-            | '\u{180e}'
-            | '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206f}'
-            | '\u{feff}'
-            | '\u{fff9}'..='\u{fffb}'
-    )
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+    use icu_properties::{CodePointMapData, CodePointSetData};
+    c == '\u{2800}'
+        || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+        || CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
+}
+
+/// The pattern the API description gives a subject: what [`check_subject`] refuses, as far as an
+/// ECMA-262 pattern can say it. No control or invisible character of the Basic Multilingual
+/// Plane, no space at either end. Such a pattern matches UTF-16 units, so it cannot name the
+/// invisible characters beyond the BMP (tag characters, musical format marks), nor say "in NFC":
+/// the service refuses those subjects too, and the description says so in words.
+pub fn subject_pattern() -> String {
+    let refused = |c: u32| char::from_u32(c).is_some_and(|c| c.is_control() || is_invisible(c));
+    let mut class = String::new();
+    let mut start = None;
+    // 0x10000 ends the last range: the pattern names the BMP only.
+    for c in 0..=0x1_0000u32 {
+        match (c < 0x1_0000 && refused(c), start) {
+            (true, None) => start = Some(c),
+            (false, Some(first)) => {
+                class.push_str(&format!("\\u{first:04x}"));
+                if c - 1 > first {
+                    class.push_str(&format!("-\\u{:04x}", c - 1));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    format!("^[^\\s{class}]([^{class}]*[^\\s{class}])?$")
 }
 
 /// Whether a reason says anything: some character that is neither a space, a control nor an
-/// invisible formatting character.
+/// invisible character.
 pub fn has_words(text: &str) -> bool {
     text.chars()
         .any(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c))
@@ -362,12 +382,8 @@ mod tests {
             assert!(check_subject(subject).is_err(), "{subject:?}");
         }
         // The API description says the same: its pattern matches each good subject and no bad
-        // one (the length is the schema's own bound, apart from the pattern).
-        let description = serde_json::to_value(crate::api::openapi()).unwrap();
-        let subject = &description["components"]["schemas"]["NewToken"]["properties"]["subject"];
-        let pattern =
-            jsonschema::validator_for(&serde_json::json!({"pattern": subject["pattern"]}))
-                .expect("the pattern compiles");
+        // one of the Basic Multilingual Plane (the length is the schema's own bound).
+        let pattern = described_subject_pattern();
         for subject in good {
             assert!(pattern.is_valid(&serde_json::json!(subject)), "{subject:?}");
         }
@@ -379,11 +395,65 @@ mod tests {
         }
     }
 
+    /// The validator of the pattern `/openapi.json` gives a new token's subject.
+    fn described_subject_pattern() -> jsonschema::Validator {
+        let description = serde_json::to_value(crate::api::openapi()).unwrap();
+        let subject = &description["components"]["schemas"]["NewToken"]["properties"]["subject"];
+        jsonschema::validator_for(&serde_json::json!({"pattern": subject["pattern"]}))
+            .expect("the pattern compiles")
+    }
+
+    #[test]
+    fn subjects_that_look_the_same_are_the_same() {
+        // Composed and decomposed, the same name: only the composed form is taken.
+        assert!(check_subject("Zo\u{eb}").is_ok());
+        for look_alike in [
+            "Zoe\u{308}",       // e + combining diaeresis
+            "pat\u{e0020}",     // a tag space
+            "p\u{34f}at",       // the combining grapheme joiner
+            "pat\u{fe0f}",      // a variation selector
+            "pat\u{3164}smith", // a Hangul filler
+            "pat\u{2800}",      // the blank Braille pattern
+            "pat\u{1d173}",     // a musical format mark
+            "\u{115f}pat",      // a Hangul choseong filler
+        ] {
+            assert!(check_subject(look_alike).is_err(), "{look_alike:?}");
+        }
+    }
+
+    #[test]
+    fn the_described_pattern_refuses_no_subject_the_service_takes_and_else_only_what_it_cannot_say()
+    {
+        let pattern = described_subject_pattern();
+        let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc();
+        // Every character of the Basic Multilingual Plane, inside a subject and at its edge.
+        for c in (0..0x1_0000).filter_map(char::from_u32) {
+            for subject in [format!("a{c}b"), format!("{c}ab")] {
+                let taken = check_subject(&subject).is_ok();
+                let described = pattern.is_valid(&serde_json::json!(subject));
+                assert!(!taken || described, "the description refuses {subject:?}");
+                assert!(
+                    taken || !described || !nfc.is_normalized(&subject),
+                    "the description allows {subject:?}, which is refused for more than NFC"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_reason_of_spaces_and_invisible_characters_says_nothing() {
         assert!(has_words("the school's account worries us"));
         assert!(has_words(" x "));
-        for empty in ["", "  ", "\u{200b}", "\u{200b} \u{feff}\t", "\u{202e}\n"] {
+        for empty in [
+            "",
+            "  ",
+            "\u{200b}",
+            "\u{200b} \u{feff}\t",
+            "\u{202e}\n",
+            "\u{3164}",
+            "\u{2800}\u{2800}",
+            "\u{e0020}\u{e0041}",
+        ] {
             assert!(!has_words(empty), "{empty:?}");
         }
     }

@@ -429,6 +429,9 @@ async fn a_subject_that_is_blank_or_has_control_characters_is_400_naming_it() {
         "pat\nsmith",
         "pat-practitioner\u{200b}",
         "pat-practitioner ",
+        // Zoë written decomposed, and with a tag character: each looks like "Zoë".
+        "Zoe\u{308}",
+        "Zo\u{eb}\u{e0020}",
     ] {
         let response = app
             .post_json(
