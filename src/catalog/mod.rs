@@ -216,15 +216,8 @@ impl Catalog {
     }
 }
 
-/// `stem -> path` for every file with `extension` in `dir`; a missing folder is an empty one.
-/// The files of `dir` with `extension`, by stem; with `confine`, only those that, links
-/// resolved, are inside that folder (each one outside is an error).
-fn stems(
-    dir: &Path,
-    extension: &str,
-    confine: Option<&Path>,
-    errors: &mut Vec<LoadError>,
-) -> BTreeMap<String, PathBuf> {
+/// The files of `dir` with `extension`, by stem; a missing folder is an empty one.
+fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -237,10 +230,6 @@ fn stems(
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) == Some(extension) {
-            if let Some(folder) = confine.filter(|folder| !confined(folder, &path)) {
-                errors.push(outside(folder, &path));
-                continue;
-            }
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
                 out.insert(stem.to_owned(), path);
             }
@@ -249,18 +238,8 @@ fn stems(
     out
 }
 
-/// Whether `path`, every link resolved, is inside `folder` (resolved too): a plugin must not make
-/// the service read, and then serve as part of a tool, a file elsewhere through a symbolic link.
-/// A path that cannot be resolved passes: the read that follows reports it.
-pub(crate) fn confined(folder: &Path, path: &Path) -> bool {
-    match (folder.canonicalize(), path.canonicalize()) {
-        (Ok(folder), Ok(path)) => path.starts_with(folder),
-        _ => true,
-    }
-}
-
-/// The error for a plugin file that [`confined`] refuses.
-pub(crate) fn outside(folder: &Path, path: &Path) -> LoadError {
+/// The error for a plugin file that is, its links resolved, outside the plugin's folder.
+fn outside(folder: &Path, path: &Path) -> LoadError {
     LoadError::new(
         path,
         format!(
@@ -305,8 +284,8 @@ pub(crate) fn read_tool_dir(
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Parts> {
-    let schemas = stems(schema_dir, "json", confine, errors);
-    let rules = stems(rules_dir, "rhai", confine, errors);
+    let schemas = stems(schema_dir, "json", errors);
+    let rules = stems(rules_dir, "rhai", errors);
     let mut out = BTreeMap::new();
     for (stem, schema_path) in &schemas {
         let Some(rules_path) = rules.get(stem) else {
@@ -320,7 +299,7 @@ pub(crate) fn read_tool_dir(
             broken.insert(stem.clone());
             continue;
         };
-        match read_parts(stem, schema_path, rules_path, source.clone()) {
+        match read_parts(stem, schema_path, rules_path, source.clone(), confine) {
             Ok(parts) => {
                 out.insert(stem.clone(), parts);
             }
@@ -351,10 +330,11 @@ fn read_parts(
     schema_path: &Path,
     rules_path: &Path,
     source: ToolSource,
+    confine: Option<&Path>,
 ) -> Result<Parts, Vec<LoadError>> {
     let mut errors = Vec::new();
-    let schema_text = read(schema_path, &mut errors);
-    let rules_source = read(rules_path, &mut errors);
+    let schema_text = read(schema_path, confine, &mut errors);
+    let rules_source = read(rules_path, confine, &mut errors);
     let (Some(schema_text), Some(rules_source)) = (schema_text, rules_source) else {
         return Err(errors);
     };
@@ -583,14 +563,56 @@ pub fn candidate(
     build(parts, &sandbox)
 }
 
-fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Some(text),
+/// The text of a tool's file. With `confine` (a plugin's folder), only a file that is inside it
+/// once every link is resolved: a plugin must not make the service read, and then serve and
+/// snapshot as part of a tool, a file elsewhere through a symbolic link. The check is made on
+/// the file as opened, and the text read from that same open file, so a link swapped in between
+/// a check and the read changes nothing.
+pub(crate) fn read(
+    path: &Path,
+    confine: Option<&Path>,
+    errors: &mut Vec<LoadError>,
+) -> Option<String> {
+    let cannot = |e: std::io::Error| LoadError::new(path, format!("cannot read the file: {e}"));
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) => {
-            errors.push(LoadError::new(path, format!("cannot read the file: {e}")));
+            errors.push(cannot(e));
+            return None;
+        }
+    };
+    if let Some(folder) = confine {
+        match opened_inside(&file, path, folder) {
+            Ok(true) => {}
+            Ok(false) => {
+                errors.push(outside(folder, path));
+                return None;
+            }
+            Err(e) => {
+                errors.push(cannot(e));
+                return None;
+            }
+        }
+    }
+    let mut text = String::new();
+    match std::io::Read::read_to_string(&mut file, &mut text) {
+        Ok(_) => Some(text),
+        Err(e) => {
+            errors.push(cannot(e));
             None
         }
     }
+}
+
+/// Whether the open `file` (opened from `path`) is inside `folder`, links resolved. On Linux the
+/// kernel names the file the descriptor holds (`/proc/self/fd/N`); elsewhere the path is
+/// resolved again, which a link swapped in meanwhile could fool.
+fn opened_inside(file: &std::fs::File, path: &Path, folder: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let folder = folder.canonicalize()?;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| path.canonicalize())?;
+    Ok(opened.starts_with(folder))
 }
 
 /// serde_json's message without its own " at line L column C" suffix, which we report apart.
@@ -751,6 +773,37 @@ mod tests {
     fn load_errors_read_as_file_line_column_message() {
         let e = LoadError::new("rules/x.rhai", "boom").at(Some(3), Some(7));
         assert_eq!(e.to_string(), "rules/x.rhai:3:7: boom");
+    }
+
+    #[test]
+    fn confinement_judges_the_file_opened_not_what_its_path_names_later() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("plugin");
+        std::fs::create_dir(&folder).unwrap();
+        let secret = root.path().join("secret.json");
+        std::fs::write(&secret, "{}").unwrap();
+        let path = folder.join("patch.json");
+
+        // Opened while a link out: refused, though the path then names a file inside.
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let linked = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "{}").unwrap();
+        assert!(!opened_inside(&linked, &path, &folder).unwrap());
+
+        // Opened while inside: read, though the path then links out.
+        let own = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        assert!(opened_inside(&own, &path, &folder).unwrap());
+
+        // And `read` as a whole refuses the link out the path names now.
+        let mut errors = Vec::new();
+        assert_eq!(read(&path, Some(&folder), &mut errors), None);
+        assert!(
+            errors[0].message.contains("outside the plugin folder"),
+            "{errors:?}"
+        );
     }
 
     /// The problems `check_meta` finds in an `x-tool` block of levels low and high.

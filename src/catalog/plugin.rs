@@ -146,11 +146,7 @@ fn apply_one(
     errors: &mut Vec<LoadError>,
 ) {
     let manifest_path = folder.join(MANIFEST);
-    if !super::confined(folder, &manifest_path) {
-        errors.push(super::outside(folder, &manifest_path));
-        return;
-    }
-    let Some(text) = read(&manifest_path, errors) else {
+    let Some(text) = read(&manifest_path, Some(folder), errors) else {
         return;
     };
     let manifest: Manifest = match toml::from_str(&text) {
@@ -258,14 +254,10 @@ fn apply_one(
                 ));
                 return None;
             };
-            if !super::confined(folder, &path) {
-                errors.push(super::outside(folder, &path));
-                return None;
-            }
             Some(path)
         };
         if let Some(path) = place("schema_patch", &over.schema_patch, errors) {
-            if let Some(text) = read(&path, errors) {
+            if let Some(text) = read(&path, Some(folder), errors) {
                 match serde_json::from_str(&text) {
                     Ok(patch) => change.schema_patch = Some(patch),
                     Err(e) => errors.push(
@@ -277,7 +269,7 @@ fn apply_one(
             files.schema_patch = Some(path);
         }
         if let Some(path) = place("rules", &over.rules, errors) {
-            change.rules = read(&path, errors);
+            change.rules = read(&path, Some(folder), errors);
             files.rules = Some(path);
         }
         let before = errors.len();
