@@ -8,7 +8,7 @@ service serves becomes a form that tool accepts: one of its cases, written out b
 the file SAFEGUARD_FUZZ_FORMS names. Every other generated body is sent as generated.
 
 A new token's subject is refused for more than its pattern can say (an ECMA-262 pattern names
-characters of the Basic Multilingual Plane only, and cannot say "in NFC"; the description says so
+characters of the Basic Multilingual Plane only, and cannot say "in NFKC"; the description says so
 in words), so a generated subject the service refuses for that alone is not sent.
 """
 
@@ -51,4 +51,4 @@ def filter_body(context, body):
     subject = body.get("subject") if isinstance(body, dict) else None
     if not isinstance(subject, str):
         return True
-    return unicodedata.is_normalized("NFC", subject) and not any(map(invisible_beyond_the_bmp, subject))
+    return unicodedata.is_normalized("NFKC", subject) and not any(map(invisible_beyond_the_bmp, subject))

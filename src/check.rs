@@ -238,7 +238,7 @@ fn run_on(
     }
     let wanted = |id: &str| only.is_none_or(|only| only == id);
 
-    let core_cases = read_cases(&root.join(CASES_DIR), &core, &mut report.case_errors);
+    let core_cases = read_cases(&root.join(CASES_DIR), None, &core, &mut report.case_errors);
     for tool in core.tools().filter(|t| wanted(t.id())) {
         let cases = core_cases
             .get(tool.id())
@@ -249,7 +249,9 @@ fn run_on(
 
     let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
     for dir in plugin_case_dirs(root) {
-        for (id, mut more) in read_cases(&dir, served, &mut report.case_errors) {
+        // A plugin's cases are its files too: read only from inside its folder.
+        let folder = dir.parent().map(Path::to_path_buf);
+        for (id, mut more) in read_cases(&dir, folder.as_deref(), served, &mut report.case_errors) {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
     }
@@ -292,6 +294,7 @@ fn plugin_case_dirs(root: &Path) -> Vec<PathBuf> {
 
 fn read_cases(
     dir: &Path,
+    confine: Option<&Path>,
     catalog: &Catalog,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Vec<(PathBuf, Case)>> {
@@ -326,10 +329,10 @@ fn read_cases(
             .collect();
         files.sort();
         for file in files {
-            let text = match std::fs::read_to_string(&file) {
+            let text = match crate::catalog::read_text(&file, confine) {
                 Ok(text) => text,
-                Err(e) => {
-                    errors.push(error(&file, None, format!("cannot read the file: {e}")));
+                Err(message) => {
+                    errors.push(error(&file, None, message));
                     continue;
                 }
             };

@@ -703,12 +703,7 @@ impl LastAssessment {
             return;
         }
         let level = d.effective_level();
-        let closure = tool
-            .meta
-            .closes
-            .iter()
-            .any(|l| l == level)
-            .then(|| standing.at_level());
+        let closure = tool.meta.closes_at(level).then(|| standing.at_level());
         self.last = Some((standing.assessed.seq, closure));
     }
 
@@ -818,18 +813,18 @@ pub(crate) fn journey(
             .iter()
             .all(|d| is_organisational(catalog, &d.latest.tool.id));
     let open = !organisational && closed.is_none();
-    let held: Vec<AtLevel> = latest
-        .iter()
-        .filter(|_| open)
-        .filter(|(id, _)| case_stage(catalog, id) == Some(stage))
-        .filter(|(id, standing)| {
-            catalog.get(id).is_some_and(|t| {
+    let mut held: Vec<AtLevel> = Vec::new();
+    if open {
+        held = latest
+            .iter()
+            .filter(|(id, _)| case_stage(catalog, id) == Some(stage))
+            .filter(|(id, standing)| {
                 let level = standing.latest.effective_level();
-                t.meta.holds.iter().any(|l| l == level)
+                catalog.get(id).is_some_and(|t| t.meta.holds_at(level))
             })
-        })
-        .map(|(_, standing)| standing.at_level())
-        .collect();
+            .map(|(_, standing)| standing.at_level())
+            .collect();
+    }
     let not_done = |stage: u8| -> Vec<String> {
         catalog
             .tools()
@@ -853,34 +848,33 @@ pub(crate) fn journey(
         })
         .collect();
     // A closed case has no reviews due.
-    let reviews = latest.iter().take_while(|_| closed.is_none());
-    due.extend(reviews.filter_map(|(tool, standing)| {
-        let at = standing.review_due(catalog).filter(|at| *at <= now)?;
-        Some(Due {
-            tool: (*tool).to_owned(),
-            why: "review-overdue".into(),
-            since: Some(review_time(at)),
-        })
-    }));
-    let latest = latest
-        .into_iter()
-        .map(|(tool, standing)| {
-            let d = &standing.latest;
-            let entry = JourneyDecision {
+    let mut entries = BTreeMap::new();
+    for (tool, standing) in latest {
+        let review_due = standing.review_due(catalog);
+        if let Some(at) = review_due.filter(|at| closed.is_none() && *at <= now) {
+            due.push(Due {
+                tool: tool.to_owned(),
+                why: "review-overdue".into(),
+                since: Some(review_time(at)),
+            });
+        }
+        let d = &standing.latest;
+        entries.insert(
+            tool.to_owned(),
+            JourneyDecision {
                 decision_id: d.decision_id.clone(),
                 revision: d.revision,
                 level: d.effective_level().to_owned(),
                 recorded_at: d.recorded_at.clone(),
                 assessed_at: standing.assessed.at.clone(),
-                review_due: standing.review_due(catalog).map(review_time),
-            };
-            (tool.to_owned(), entry)
-        })
-        .collect();
+                review_due: review_due.map(review_time),
+            },
+        );
+    }
     Journey {
         case: case_id.to_owned(),
         stage,
-        latest,
+        latest: entries,
         due,
         closed,
         held,

@@ -104,6 +104,17 @@ impl Server {
         // One whose tokens were all revoked stays locked until someone with access to it
         // creates another.
         let records = store.tokens()?;
+        // Subjects are checked when a token is made; one made before today's rules is kept (its
+        // subject is on record), and said here so an admin can reissue it.
+        for record in records.iter().filter(|r| r.revoked_at.is_none()) {
+            if let Err(why) = auth::check_subject(&record.subject) {
+                tracing::warn!(
+                    token = record.id(),
+                    subject = ?record.subject,
+                    "a token's subject would be refused today ({why}): issue its holder a new token and revoke this one"
+                );
+            }
+        }
         let first_admin = records
             .is_empty()
             .then(|| auth::issue(Role::Admin, "admin"));

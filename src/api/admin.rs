@@ -154,10 +154,10 @@ fn subject_schema() -> utoipa::openapi::Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
-        .max_length(Some(128))
+        .max_length(Some(auth::MAX_SUBJECT_CHARS))
         .pattern(Some(auth::subject_pattern()))
         .description(Some(
-            "Who will hold it: 1-128 characters, no control or invisible characters (a zero-width space, a direction mark, a variation selector, a tag character), not beginning or ending with a space, in Unicode's composed form (NFC). The pattern names the invisible characters of the Basic Multilingual Plane only, and cannot say NFC: a subject it matches may still be refused for an invisible character beyond it or for not being in NFC.",
+            "Who will hold it: 1-128 characters with no control or invisible characters (a zero-width space, a direction mark, a variation selector, a tag character), words separated by single ordinary spaces and none at either end, in Unicode's normalisation form NFKC (an accented letter as one character; no ligatures, full-width or Roman-numeral letters), so that two subjects that look the same are the same. The pattern names the invisible characters of the Basic Multilingual Plane only, and cannot say NFKC: a subject it matches is still refused for an invisible character beyond the BMP or for not being in NFKC.",
         ))
         .build()
 }
@@ -202,7 +202,7 @@ pub async fn tokens_list(
     request_body = NewToken,
     responses(
         (status = 201, description = "The token, shown this once", body = CreatedToken),
-        (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters or edge spaces, or is not in NFC", body = super::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters, edge, doubled or unusual spaces, or is not in NFKC", body = super::Problem, content_type = "application/problem+json"),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,

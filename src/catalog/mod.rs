@@ -238,17 +238,6 @@ fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<S
     out
 }
 
-/// The error for a plugin file that is, its links resolved, outside the plugin's folder.
-fn outside(folder: &Path, path: &Path) -> LoadError {
-    LoadError::new(
-        path,
-        format!(
-            "is a link to a file outside the plugin folder {}: a plugin's files must be inside its folder",
-            folder.display()
-        ),
-    )
-}
-
 /// Only the `x-tool` block, parsed from the file's text so serde reports line and column.
 #[derive(Deserialize)]
 struct Head {
@@ -563,56 +552,86 @@ pub fn candidate(
     build(parts, &sandbox)
 }
 
-/// The text of a tool's file. With `confine` (a plugin's folder), only a file that is inside it
-/// once every link is resolved: a plugin must not make the service read, and then serve and
-/// snapshot as part of a tool, a file elsewhere through a symbolic link. The check is made on
-/// the file as opened, and the text read from that same open file, so a link swapped in between
-/// a check and the read changes nothing.
+/// The text of a tool's file, or the error that says why it has none. With `confine` (a
+/// plugin's folder), see [`read_text`].
 pub(crate) fn read(
     path: &Path,
     confine: Option<&Path>,
     errors: &mut Vec<LoadError>,
 ) -> Option<String> {
-    let cannot = |e: std::io::Error| LoadError::new(path, format!("cannot read the file: {e}"));
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) => {
-            errors.push(cannot(e));
-            return None;
-        }
-    };
-    if let Some(folder) = confine {
-        match opened_inside(&file, path, folder) {
-            Ok(true) => {}
-            Ok(false) => {
-                errors.push(outside(folder, path));
-                return None;
-            }
-            Err(e) => {
-                errors.push(cannot(e));
-                return None;
-            }
-        }
-    }
-    let mut text = String::new();
-    match std::io::Read::read_to_string(&mut file, &mut text) {
-        Ok(_) => Some(text),
-        Err(e) => {
-            errors.push(cannot(e));
-            None
-        }
-    }
+    read_text(path, confine)
+        .map_err(|message| errors.push(LoadError::new(path, message)))
+        .ok()
 }
 
-/// Whether the open `file` (opened from `path`) is inside `folder`, links resolved. On Linux the
-/// kernel names the file the descriptor holds (`/proc/self/fd/N`); elsewhere the path is
-/// resolved again, which a link swapped in meanwhile could fool.
-fn opened_inside(file: &std::fs::File, path: &Path, folder: &Path) -> std::io::Result<bool> {
+/// The text of a file, or why it cannot be had. With `confine` (a plugin's folder), only a
+/// regular file that is inside that folder once every link is resolved: a plugin must not make
+/// the service read, and then serve and snapshot as part of a tool, a file elsewhere through a
+/// symbolic link, nor wait forever on a pipe. The path is resolved once, into a handle that
+/// opens nothing (`O_PATH`); where that handle leads is checked, and the text is read through
+/// that same handle, so a link swapped in between a check and the read changes nothing.
+pub(crate) fn read_text(path: &Path, confine: Option<&Path>) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let Some(folder) = confine else {
+        return std::fs::read_to_string(path).map_err(cannot);
+    };
+    let handle = confined::Handle::resolve(path).map_err(cannot)?;
+    match handle.place() {
+        Ok(place) if place.starts_with(folder.canonicalize().map_err(cannot)?) => {}
+        Ok(_) => {
+            return Err(format!(
+                "is a link to a file outside the plugin folder {}: a plugin's files must be inside its folder",
+                folder.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot tell where the file is: {e}")),
+    }
+    if !handle.is_file().map_err(cannot)? {
+        return Err("is not a regular file: a plugin's files must be files".into());
+    }
+    handle.read_to_string().map_err(cannot)
+}
+
+/// A path resolved once, every link followed, into a handle that opens nothing yet.
+mod confined {
+    use std::io::Read;
     use std::os::fd::AsRawFd;
-    let folder = folder.canonicalize()?;
-    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .or_else(|_| path.canonicalize())?;
-    Ok(opened.starts_with(folder))
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
+
+    pub(super) struct Handle(std::fs::File);
+
+    impl Handle {
+        /// `O_PATH`: the file is found, and not opened for reading, so a pipe or a device does
+        /// not block or stir.
+        pub(super) fn resolve(path: &Path) -> std::io::Result<Self> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_PATH)
+                .open(path)
+                .map(Handle)
+        }
+
+        fn proc_path(&self) -> PathBuf {
+            PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+        }
+
+        /// Where the file is, as the kernel names what the handle holds.
+        pub(super) fn place(&self) -> std::io::Result<PathBuf> {
+            std::fs::read_link(self.proc_path())
+        }
+
+        pub(super) fn is_file(&self) -> std::io::Result<bool> {
+            Ok(self.0.metadata()?.is_file())
+        }
+
+        /// Opens the file the handle holds (not what its path names now) and reads it.
+        pub(super) fn read_to_string(&self) -> std::io::Result<String> {
+            let mut text = String::new();
+            std::fs::File::open(self.proc_path())?.read_to_string(&mut text)?;
+            Ok(text)
+        }
+    }
 }
 
 /// serde_json's message without its own " at line L column C" suffix, which we report apart.
@@ -668,6 +687,16 @@ fn check_meta(meta: &ToolMeta, stem: &str, path: &Path, errors: &mut Vec<LoadErr
                     .join(", ")
             ));
         }
+    }
+    // Only a tool of a numbered stage moves a case, so only one closes or holds it; nothing
+    // follows the last stage.
+    let moves_a_case = matches!(meta.stage, Stage::Case(_));
+    let closes_or_holds = !meta.closes.is_empty() || !meta.holds.is_empty();
+    if closes_or_holds && !moves_a_case {
+        problem("`x-tool.closes` and `x-tool.holds` need a tool of a numbered stage (0-7): a tool of \"any\" stage or \"org\" neither closes nor holds a case".into());
+    }
+    if meta.stage == Stage::Case(7) && !meta.holds.is_empty() {
+        problem("`x-tool.holds` on a tool of stage 7: no stage follows the last, so there is nothing to hold a case from".into());
     }
     if let Some(level) = meta.holds.iter().find(|l| meta.closes.contains(l)) {
         problem(format!(
@@ -776,34 +805,53 @@ mod tests {
     }
 
     #[test]
-    fn confinement_judges_the_file_opened_not_what_its_path_names_later() {
+    fn confinement_judges_and_reads_the_file_resolved_not_what_its_path_names_later() {
         let root = tempfile::tempdir().unwrap();
         let folder = root.path().join("plugin");
         std::fs::create_dir(&folder).unwrap();
-        let secret = root.path().join("secret.json");
-        std::fs::write(&secret, "{}").unwrap();
+        let folder = folder.canonicalize().unwrap();
+        let secret = root.path().canonicalize().unwrap().join("secret.json");
+        std::fs::write(&secret, "secret").unwrap();
         let path = folder.join("patch.json");
 
-        // Opened while a link out: refused, though the path then names a file inside.
+        // Resolved while a link out: outside, and read as the file outside, though the path
+        // then names a file inside.
         std::os::unix::fs::symlink(&secret, &path).unwrap();
-        let linked = std::fs::File::open(&path).unwrap();
+        let linked = confined::Handle::resolve(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, "{}").unwrap();
-        assert!(!opened_inside(&linked, &path, &folder).unwrap());
+        std::fs::write(&path, "own").unwrap();
+        assert_eq!(linked.place().unwrap(), secret);
+        assert_eq!(linked.read_to_string().unwrap(), "secret");
 
-        // Opened while inside: read, though the path then links out.
-        let own = std::fs::File::open(&path).unwrap();
+        // Resolved while inside: inside, and read as that file, though the path then links out.
+        let own = confined::Handle::resolve(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&secret, &path).unwrap();
-        assert!(opened_inside(&own, &path, &folder).unwrap());
+        assert!(own.place().unwrap().starts_with(&folder));
+        assert_eq!(own.read_to_string().unwrap(), "own");
 
-        // And `read` as a whole refuses the link out the path names now.
-        let mut errors = Vec::new();
-        assert_eq!(read(&path, Some(&folder), &mut errors), None);
-        assert!(
-            errors[0].message.contains("outside the plugin folder"),
-            "{errors:?}"
-        );
+        // As a whole: the link out the path names now is refused.
+        let refused = read_text(&path, Some(&folder)).unwrap_err();
+        assert!(refused.contains("outside the plugin folder"), "{refused}");
+    }
+
+    #[test]
+    fn a_plugin_pipe_is_refused_without_waiting_for_a_writer() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("plugin");
+        std::fs::create_dir(&folder).unwrap();
+        let pipe = folder.join("patch.json");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let outside = root.path().join("outside.fifo");
+        nix::unistd::mkfifo(&outside, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let link = folder.join("rules.rhai");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+        // Each returns at once (an open for reading would wait for a writer for ever).
+        let inside = read_text(&pipe, Some(&folder)).unwrap_err();
+        assert!(inside.contains("is not a regular file"), "{inside}");
+        let out = read_text(&link, Some(&folder)).unwrap_err();
+        assert!(out.contains("outside the plugin folder"), "{out}");
     }
 
     /// The problems `check_meta` finds in an `x-tool` block of levels low and high.
@@ -826,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn a_holding_level_must_be_declared_and_may_not_also_close() {
+    fn a_holding_level_must_be_declared_may_not_also_close_and_needs_a_stage_to_hold_from() {
         assert_eq!(
             meta_problems(serde_json::json!({"holds": ["high"]})),
             Vec::<String>::new()
@@ -834,6 +882,14 @@ mod tests {
         assert_eq!(
             meta_problems(serde_json::json!({"holds": ["fails"]})),
             ["`x-tool.holds` names \"fails\", which is not one of its levels (low, high)"]
+        );
+        assert_eq!(
+            meta_problems(serde_json::json!({"holds": ["high"], "stage": "any"})),
+            ["`x-tool.closes` and `x-tool.holds` need a tool of a numbered stage (0-7): a tool of \"any\" stage or \"org\" neither closes nor holds a case"]
+        );
+        assert_eq!(
+            meta_problems(serde_json::json!({"holds": ["high"], "stage": 7})),
+            ["`x-tool.holds` on a tool of stage 7: no stage follows the last, so there is nothing to hold a case from"]
         );
         assert_eq!(
             meta_problems(serde_json::json!({"holds": ["high"], "closes": ["high"]})),

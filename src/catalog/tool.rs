@@ -45,6 +45,16 @@ pub struct ToolMeta {
 }
 
 impl ToolMeta {
+    /// Whether a decision of this tool at `level` (in force) closes its case.
+    pub fn closes_at(&self, level: &str) -> bool {
+        self.closes.iter().any(|l| l == level)
+    }
+
+    /// Whether a decision of this tool at `level` (in force) holds its case at its stage.
+    pub fn holds_at(&self, level: &str) -> bool {
+        self.holds.iter().any(|l| l == level)
+    }
+
     /// How many days after its assessment a decision at `level` is due for review: the level's
     /// own interval, else the tool's; `None` when neither sets one.
     pub fn review_after_days(&self, level: &str) -> Option<u32> {

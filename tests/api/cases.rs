@@ -359,3 +359,36 @@ async fn a_hold_at_an_earlier_stage_than_the_cases_holds_nothing() {
         "{journey}"
     );
 }
+
+#[tokio::test]
+async fn an_agreed_level_that_holds_stays_in_force_over_a_re_test_until_one_below_it_is_agreed() {
+    let app = spawn_app().await;
+    let gaps = json_of(
+        app.submit(
+            "case-1",
+            "plan-stress-test",
+            &input_at("plan-stress-test", "gaps"),
+            Role::Practitioner,
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = gaps["id"].as_str().unwrap();
+    // Two people agree the plan fails...
+    app.override_level(id, Role::Practitioner, 1, "fails").await;
+    app.approve(id, 2).await;
+    // ...and one person's robust re-test of the same decision does not undo that alone.
+    let body = json!({"input": input_at("plan-stress-test", "robust")});
+    json_of(
+        app.change(id, "revisions", Role::Practitioner, 3, &body)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let journey = journey(&app, "case-1").await;
+
+    assert_eq!(journey["held"][0]["level"], "fails", "{journey}");
+    assert_eq!(due(&journey, "not-done"), Vec::<String>::new(), "{journey}");
+}

@@ -1263,3 +1263,27 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_token_whose_subject_todays_rules_refuse_is_kept_and_named_at_start() {
+    use safeguard::store::Store;
+    let site = Site::new();
+    // A token issued before subjects had to be in NFKC: "Zoë" written decomposed.
+    let (_, mut record) = safeguard::auth::issue(safeguard::auth::Role::Supervisor, "Zoe");
+    record.subject = "Zoe\u{308}".into();
+    {
+        let store =
+            safeguard::store::SledStore::open_existing(&site.data_dir(), Default::default())
+                .unwrap();
+        store.put_token(&record).unwrap();
+    }
+    let client = client();
+    let mut server = Server::start(&site, 0, &client).await;
+
+    let warned = logged(&server, "WARN", "would be refused today");
+
+    assert_eq!(warned.len(), 1, "{}", server.log());
+    assert_eq!(warned[0]["fields"]["token"], record.id(), "{}", warned[0]);
+    server.signal(Signal::SIGTERM);
+    assert!(server.exited().await.success(), "{}", server.log());
+}
