@@ -620,6 +620,15 @@ pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
     }
 }
 
+/// Whether a decision of `tool_id` at `level` (in force) holds a case whose stage is
+/// `case_stage` there: its tool is of that stage and lists the level in `x-tool.holds`, as the
+/// tool is served now. The case journey and the dashboard both ask it.
+pub(crate) fn holds(catalog: &Catalog, tool_id: &str, level: &str, stage: u8) -> bool {
+    catalog
+        .get(tool_id)
+        .is_some_and(|t| t.meta.stage == Stage::Case(stage) && t.meta.holds_at(level))
+}
+
 /// A decision as it stands: its latest revision, and when the assessment behind it was made.
 ///
 /// Which decision of a tool is a case's current one, and when it is due for review, follow the
@@ -817,11 +826,7 @@ pub(crate) fn journey(
     if open {
         held = latest
             .iter()
-            .filter(|(id, _)| case_stage(catalog, id) == Some(stage))
-            .filter(|(id, standing)| {
-                let level = standing.latest.effective_level();
-                catalog.get(id).is_some_and(|t| t.meta.holds_at(level))
-            })
+            .filter(|(id, standing)| holds(catalog, id, standing.latest.effective_level(), stage))
             .map(|(_, standing)| standing.at_level())
             .collect();
     }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, is_organisational, LastAssessment, Standing};
+use crate::decisions::{case_stage, holds, is_organisational, LastAssessment, Standing};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -41,6 +41,26 @@ pub struct Dashboard {
     /// first: one per case and tool, for the latest decision of that tool in the case, as the
     /// case journey lists them.
     pub reviews_overdue: Vec<OverdueReview>,
+    /// Cases held at their stage, longest held first: a tool of the case's current stage has
+    /// its latest decision at a level that holds the case there (`x-tool.holds`: a plan that
+    /// fails its stress test, risk not reduced at review), as the case journey's `held` lists
+    /// them. One entry per case and holding tool; closed cases and an agency's own assessments
+    /// are not held.
+    pub cases_held: Vec<HeldCase>,
+}
+
+/// A case held at its stage by one decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct HeldCase {
+    pub case: String,
+    /// The case's stage, which it does not leave while held.
+    pub stage: u8,
+    pub tool: String,
+    pub decision_id: String,
+    /// The level in force that holds it.
+    pub level: String,
+    /// When that assessment was made (RFC 3339).
+    pub since: String,
 }
 
 /// An override waiting for a supervisor.
@@ -164,6 +184,25 @@ pub fn dashboard(
                 case.reviews.insert(revision.tool.id.clone(), candidate);
             }
         }
+        // Only tools that may hold a case are kept, with their latest level in force.
+        let may_hold = catalog
+            .get(&revision.tool.id)
+            .is_some_and(|t| !t.meta.holds.is_empty());
+        let latest_level = case
+            .levels
+            .get(&revision.tool.id)
+            .is_none_or(|current| assessed_seq >= current.assessed_seq);
+        if may_hold && latest_level {
+            case.levels.insert(
+                revision.tool.id.clone(),
+                LatestLevel {
+                    assessed_seq,
+                    decision_id: revision.decision_id.clone(),
+                    level: revision.effective_level().to_owned(),
+                    since: standing.assessed.at.clone(),
+                },
+            );
+        }
 
         // Last, so the revision's strings can move rather than be copied.
         if is_pending {
@@ -225,13 +264,29 @@ pub fn dashboard(
     let mut cases_per_stage: BTreeMap<String, u64> =
         (0..=LAST_STAGE).map(|s| (s.to_string(), 0)).collect();
     let mut reviews_overdue: Vec<(DateTime<Utc>, OverdueReview)> = Vec::new();
+    let mut cases_held: Vec<HeldCase> = Vec::new();
     for (case_id, case) in cases {
         if case.child {
             *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
         }
-        // A closed case has no reviews due, as its journey says.
+        // A closed case has no reviews due and is not held, as its journey says.
         if case.last.closed().is_some() {
             continue;
+        }
+        if case.child {
+            cases_held.extend(
+                case.levels
+                    .into_iter()
+                    .filter(|(tool, l)| holds(catalog, tool, &l.level, case.stage))
+                    .map(|(tool, l)| HeldCase {
+                        case: case_id.clone(),
+                        stage: case.stage,
+                        tool,
+                        decision_id: l.decision_id,
+                        level: l.level,
+                        since: l.since,
+                    }),
+            );
         }
         for (tool, latest) in case.reviews {
             if latest.due <= now {
@@ -249,6 +304,7 @@ pub fn dashboard(
             }
         }
     }
+    cases_held.sort_by(|a, b| (&a.since, &a.case, &a.tool).cmp(&(&b.since, &b.case, &b.tool)));
     reviews_overdue.sort_by(|(da, a), (db, b)| {
         da.cmp(db)
             .then_with(|| (&a.case, &a.tool).cmp(&(&b.case, &b.tool)))
@@ -260,6 +316,7 @@ pub fn dashboard(
         override_rate_by_tool,
         cases_per_stage,
         reviews_overdue: reviews_overdue.into_iter().map(|(_, r)| r).collect(),
+        cases_held,
     }
 }
 
@@ -290,6 +347,19 @@ struct CaseTally {
     last: LastAssessment,
     stage: u8,
     reviews: HashMap<String, LatestOfTool>,
+    /// The latest decision of each tool that may hold a case, by tool.
+    levels: HashMap<String, LatestLevel>,
+}
+
+/// The latest decision of a tool that may hold a case, and its level in force.
+#[derive(Debug)]
+struct LatestLevel {
+    /// The journal place of its assessment.
+    assessed_seq: u64,
+    decision_id: String,
+    level: String,
+    /// When it was assessed (RFC 3339).
+    since: String,
 }
 
 #[derive(Debug)]
@@ -397,6 +467,10 @@ mod tests {
             }
             if id == "close" {
                 x_tool["closes"] = json!(["low"]);
+            }
+            // Holds a case at stage 1 at `low` (`x-tool.holds`).
+            if id == "assess" {
+                x_tool["holds"] = json!(["low"]);
             }
             let schema = json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -861,7 +935,7 @@ mod tests {
     /// The dashboard and the case journey, over the same stored decisions, agree on every case's
     /// stage and every overdue review.
     #[tokio::test]
-    async fn stages_and_overdue_reviews_agree_with_the_case_journey() {
+    async fn stages_overdue_reviews_and_holds_agree_with_the_case_journey() {
         use crate::decisions::Decisions;
         use crate::store::{SledStore, Store, StoreOptions};
 
@@ -899,6 +973,12 @@ mod tests {
         submit("c7", "plan").await;
         submit("c7", "close").await;
         submit("c7", "door").await;
+        // Held at `low`, then assessed again at `medium`: the newer assessment releases it.
+        submit("c8", "assess").await;
+        service
+            .submit("c8", "assess", json!({"level": "medium"}), pat(), None)
+            .await
+            .unwrap();
         submit("c5", "door").await;
         let d = submit("c5", "assess").await;
         service
@@ -917,7 +997,7 @@ mod tests {
 
         // A month on: assessments (30 days) and checks (7) are overdue, plans (60) are not.
         let now = Utc::now() + chrono::Duration::days(31);
-        let cases = ["c1", "c2", "c3", "c4", "c5", "c6", "c7"];
+        let cases = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
         let latest: Vec<Standing> = cases
             .iter()
             .flat_map(|c| store.case_decisions(c).unwrap())
@@ -928,8 +1008,17 @@ mod tests {
         let mut stages: BTreeMap<String, u64> =
             (0..=LAST_STAGE).map(|s| (s.to_string(), 0)).collect();
         let mut overdue = Vec::new();
+        let mut held = Vec::new();
         for case in cases {
             let journey = service.journey(case, now).unwrap();
+            held.extend(journey.held.iter().map(|h| HeldCase {
+                case: case.to_owned(),
+                stage: journey.stage,
+                tool: h.tool.clone(),
+                decision_id: h.decision_id.clone(),
+                level: h.level.clone(),
+                since: h.since.clone(),
+            }));
             if case == "c4" {
                 // Only an agency's own assessment: no child's case, so nothing of the journey is
                 // due, and the dashboard does not count it at a stage.
@@ -965,8 +1054,18 @@ mod tests {
         from_board.sort();
 
         assert_eq!(board.cases_per_stage, stages);
+        // Held: c1 and c5 (its override up still pending) at stage 1 by `assess` at `low`; not
+        // c2, which has gone on to stage 3, nor c6, closed, nor c8, assessed again at `medium`.
+        let held_cases: Vec<(&str, &str)> = board
+            .cases_held
+            .iter()
+            .map(|h| (h.case.as_str(), h.tool.as_str()))
+            .collect();
+        assert_eq!(held_cases, [("c1", "assess"), ("c5", "assess")]);
+        held.sort_by(|a, b| (&a.since, &a.case).cmp(&(&b.since, &b.case)));
+        assert_eq!(board.cases_held, held);
         assert_eq!(stages["0"], 1, "c3 is at stage 0: {stages:?}");
-        assert_eq!(stages["1"], 2);
+        assert_eq!(stages["1"], 3, "c1, c5 and c8: {stages:?}");
         assert_eq!(stages["3"], 1);
         assert_eq!(stages["7"], 2, "c6 closed and c7 reopened: {stages:?}");
         assert!(service.journey("c6", now).unwrap().closed.is_some());
@@ -982,7 +1081,8 @@ mod tests {
                 ("c1", "assess"),
                 ("c2", "assess"),
                 ("c3", "check"),
-                ("c5", "assess")
+                ("c5", "assess"),
+                ("c8", "assess")
             ]
         );
         assert_ne!(

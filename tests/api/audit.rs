@@ -11,8 +11,8 @@ use safeguard::store::hash_value_without_hash;
 use serde_json::{json, Value};
 
 use crate::common::{
-    array_of, catalog_copy, core_cases, error_paths, json_of, problem, spawn_app, spawn_app_with,
-    valid_input, write_plugin, TestApp, TOOL,
+    array_of, catalog_copy, core_cases, error_paths, input_at, json_of, problem, spawn_app,
+    spawn_app_with, valid_input, write_plugin, TestApp, TOOL,
 };
 
 /// The plugin the version tests write.
@@ -1196,6 +1196,38 @@ async fn the_dashboard_counts_cases_at_their_furthest_stage() {
     assert_eq!(
         figures["cases_per_stage"],
         json!({"0": 1, "1": 1, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7": 0}),
+        "{figures:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_cases_held_at_their_stage() {
+    let app = spawn_app().await;
+    let submit = |case: &'static str, level: &'static str| {
+        let app = &app;
+        async move {
+            let input = input_at("plan-stress-test", level);
+            let response = app
+                .submit(case, "plan-stress-test", &input, Role::Practitioner)
+                .await;
+            json_of(response, StatusCode::CREATED).await
+        }
+    };
+    let fails = submit("case-fails", "fails").await;
+    submit("case-robust", "robust").await;
+
+    let figures = dashboard(&app).await;
+
+    assert_eq!(
+        figures["cases_held"],
+        json!([{
+            "case": "case-fails",
+            "stage": 4,
+            "tool": "plan-stress-test",
+            "decision_id": fails["id"],
+            "level": "fails",
+            "since": fails["recorded_at"],
+        }]),
         "{figures:#}"
     );
 }
