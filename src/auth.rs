@@ -157,11 +157,12 @@ pub fn subject_pattern() -> String {
     format!("^[^\\s{class}]( ?[^\\s{class}])*$")
 }
 
-/// Whether a reason says anything: some character that is neither a space, a control nor an
-/// invisible character.
+/// Whether a reason says anything: it holds a letter or a digit, of any script, that shows. A
+/// reason of spaces, invisible characters, punctuation or symbols alone ("-", ".", "👍") does not
+/// say why.
 pub fn has_words(text: &str) -> bool {
     text.chars()
-        .any(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c))
+        .any(|c| c.is_alphanumeric() && !is_invisible(c))
 }
 
 /// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
@@ -466,6 +467,8 @@ mod tests {
     fn a_reason_of_spaces_and_invisible_characters_says_nothing() {
         assert!(has_words("the school's account worries us"));
         assert!(has_words(" x "));
+        assert!(has_words("\u{5b69}\u{5b50}\u{8aaa}"));
+        assert!(has_words("7"));
         for empty in [
             "",
             "  ",
@@ -475,6 +478,10 @@ mod tests {
             "\u{3164}",
             "\u{2800}\u{2800}",
             "\u{e0020}\u{e0041}",
+            ".",
+            "- -",
+            "\u{1f44d}",
+            "?!",
         ] {
             assert!(!has_words(empty), "{empty:?}");
         }

@@ -379,7 +379,8 @@ pub async fn decision_amend(
 pub struct OverrideRequest {
     /// One of the tool's declared levels.
     pub level: String,
-    /// Why: required, and kept with the decision for ever.
+    /// Why: required, in words (a letter or digit, not punctuation alone), and kept with the
+    /// decision for ever.
     pub reason: String,
     /// The revision this builds on, if not given as `If-Match`.
     #[serde(default, deserialize_with = "crate::whole::optional")]
@@ -477,8 +478,8 @@ pub async fn decision_approve(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeclineRequest {
-    /// Why the override is declined (or withdrawn): required, and kept with the decision for
-    /// ever.
+    /// Why the override is declined (or withdrawn): required, in words (a letter or digit, not
+    /// punctuation alone), and kept with the decision for ever.
     pub reason: String,
     /// The revision this builds on, if not given as `If-Match`.
     #[serde(default, deserialize_with = "crate::whole::optional")]

@@ -594,7 +594,7 @@ async fn an_override_without_a_reason_is_422_naming_the_reason() {
     let levels = app.levels(TOOL).await;
     let level = levels_away(&levels, decision["level"].as_str().unwrap(), 1);
 
-    for reason in ["  ", "\u{200b}", "\u{feff} \u{200b}"] {
+    for reason in ["  ", "\u{200b}", "\u{feff} \u{200b}", "-", "\u{1f44d}"] {
         assert_override_refused(
             &app,
             id,
