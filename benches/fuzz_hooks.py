@@ -9,7 +9,8 @@ the file SAFEGUARD_FUZZ_FORMS names. Every other generated body is sent as gener
 
 A new token's subject is refused for more than its pattern can say (an ECMA-262 pattern names
 characters of the Basic Multilingual Plane only, and cannot say "in NFKC"; the description says so
-in words), so a generated subject the service refuses for that alone is not sent.
+in words; nor where a zero-width joiner or non-joiner is needed), so a generated subject the
+service refuses for that alone is not sent.
 """
 
 import json
@@ -51,4 +52,9 @@ def filter_body(context, body):
     subject = body.get("subject") if isinstance(body, dict) else None
     if not isinstance(subject, str):
         return True
-    return unicodedata.is_normalized("NFKC", subject) and not any(map(invisible_beyond_the_bmp, subject))
+    return (
+        unicodedata.is_normalized("NFKC", subject)
+        and not any(map(invisible_beyond_the_bmp, subject))
+        and "\u200c" not in subject
+        and "\u200d" not in subject
+    )

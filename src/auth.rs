@@ -95,7 +95,7 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
     if subject.chars().any(char::is_control) {
         return Err("the subject may not contain control characters".into());
     }
-    if subject.chars().any(is_invisible) {
+    if hides_something(subject) {
         return Err("the subject may not contain invisible characters (such as a zero-width space, a right-to-left mark, a variation selector or a tag character)".into());
     }
     if subject.starts_with(char::is_whitespace) || subject.ends_with(char::is_whitespace) {
@@ -130,14 +130,66 @@ pub fn is_invisible(c: char) -> bool {
         || CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
 }
 
+/// Whether `subject` holds an invisible character other than a joiner its script needs: the
+/// zero-width joiner after a virama ("ශ්‍රී"), or the zero-width non-joiner there or between
+/// two letters that would otherwise join (Persian "می‌دانم"). These are Unicode's contextual
+/// rules for joiners in names (IDNA, RFC 5892 appendix A.1 and A.2), where they change how a
+/// name looks; anywhere else they change nothing that shows.
+fn hides_something(subject: &str) -> bool {
+    let chars: Vec<char> = subject.chars().collect();
+    chars
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| is_invisible(c) && !joiner_in_context(&chars, i))
+}
+
+const ZWNJ: char = '\u{200c}';
+const ZWJ: char = '\u{200d}';
+
+/// Whether `chars[i]` is a joiner where its script needs one (RFC 5892 appendix A.1, A.2).
+fn joiner_in_context(chars: &[char], i: usize) -> bool {
+    use icu_properties::props::{CanonicalCombiningClass, JoiningType};
+    use icu_properties::CodePointMapData;
+    let joiner = chars[i];
+    if joiner != ZWNJ && joiner != ZWJ {
+        return false;
+    }
+    let after_virama = i.checked_sub(1).is_some_and(|j| {
+        CodePointMapData::<CanonicalCombiningClass>::new().get(chars[j])
+            == CanonicalCombiningClass::Virama
+    });
+    if after_virama || joiner == ZWJ {
+        return after_virama;
+    }
+    // The non-joiner between a letter that joins to the right and one that joins to the left,
+    // with only transparent marks between them and it.
+    let joining = |c: &char| CodePointMapData::<JoiningType>::new().get(*c);
+    let first = |side: &mut dyn Iterator<Item = &char>| {
+        side.map(joining).find(|t| *t != JoiningType::Transparent)
+    };
+    let left = first(&mut chars[..i].iter().rev());
+    let right = first(&mut chars[i + 1..].iter());
+    matches!(
+        left,
+        Some(JoiningType::LeftJoining | JoiningType::DualJoining)
+    ) && matches!(
+        right,
+        Some(JoiningType::RightJoining | JoiningType::DualJoining)
+    )
+}
+
 /// The pattern the API description gives a subject: what [`check_subject`] refuses, as far as an
 /// ECMA-262 pattern can say it. No control or invisible character of the Basic Multilingual
 /// Plane, words separated by single ordinary spaces, none at either end. Such a pattern matches
 /// UTF-16 units, so it cannot name the invisible characters beyond the BMP (tag characters,
-/// musical format marks), nor say "in NFKC": the service refuses those subjects too, and the
-/// description says so in words.
+/// musical format marks), nor say "in NFKC", nor where a joiner is needed: the service refuses
+/// those subjects too, and the description says so in words.
 pub fn subject_pattern() -> String {
-    let refused = |c: u32| char::from_u32(c).is_some_and(|c| c.is_control() || is_invisible(c));
+    // The joiners are left to the service: their context is more than a pattern can say.
+    let refused = |c: u32| {
+        char::from_u32(c)
+            .is_some_and(|c| c.is_control() || (is_invisible(c) && c != ZWJ && c != ZWNJ))
+    };
     let mut class = String::new();
     let mut start = None;
     // 0x10000 ends the last range: the pattern names the BMP only.
@@ -399,6 +451,7 @@ mod tests {
         for subject in good {
             assert!(pattern.is_valid(&serde_json::json!(subject)), "{subject:?}");
         }
+        assert!(!pattern.is_valid(&serde_json::json!("Pat  Smith")));
         for subject in bad
             .iter()
             .filter(|s| s.chars().count() <= MAX_SUBJECT_CHARS)
@@ -416,6 +469,24 @@ mod tests {
         let subject = &description["components"]["schemas"]["NewToken"]["properties"]["subject"];
         jsonschema::validator_for(&serde_json::json!({"pattern": subject["pattern"]}))
             .expect("the pattern compiles")
+    }
+
+    #[test]
+    fn a_joiner_is_taken_only_where_its_script_needs_it() {
+        // Sinhala "Sri": the joiner after the virama makes the form the name is written in.
+        assert!(check_subject("\u{dc1}\u{dca}\u{200d}\u{dbb}\u{dd3}").is_ok());
+        // Persian "mi-danam": the non-joiner keeps two joining letters apart.
+        assert!(check_subject("\u{645}\u{6cc}\u{200c}\u{62f}\u{627}\u{646}\u{645}").is_ok());
+        // The same joiners where nothing joins change nothing that shows.
+        for hidden in [
+            "pat\u{200d}smith",
+            "pat\u{200c}smith",
+            "\u{62f}\u{200c}\u{627}", // after a letter that does not join to the left
+            "\u{645}\u{200c}",        // with nothing after it
+            "\u{dc1}\u{200d}\u{dbb}", // no virama before it
+        ] {
+            assert!(check_subject(hidden).is_err(), "{hidden:?}");
+        }
     }
 
     #[test]
@@ -454,10 +525,15 @@ mod tests {
             for subject in [format!("a{c}b"), format!("{c}ab"), format!("a {c}b")] {
                 let taken = check_subject(&subject).is_ok();
                 let described = pattern.is_valid(&serde_json::json!(subject));
+                // Spaces the pattern names itself: every one but the ordinary space is refused.
+                if c.is_whitespace() && c != ' ' {
+                    assert!(!described, "the description allows {subject:?}");
+                }
                 assert!(!taken || described, "the description refuses {subject:?}");
+                let joiner = subject.contains(['\u{200c}', '\u{200d}']);
                 assert!(
-                    taken || !described || !nfkc.is_normalized(&subject),
-                    "the description allows {subject:?}, which is refused for more than NFKC"
+                    taken || !described || !nfkc.is_normalized(&subject) || joiner,
+                    "the description allows {subject:?}, which is refused for more than NFKC or a joiner"
                 );
             }
         }

@@ -111,7 +111,7 @@ impl Server {
                 tracing::warn!(
                     token = record.id(),
                     subject = ?record.subject,
-                    "a token's subject would be refused today ({why}): issue its holder a new token and revoke this one"
+                    "a token's subject would be refused today ({why}): decide the overrides pending under this subject, then issue its holder a new token and revoke this one (four eyes compare subjects, so under a new subject its holder could approve an override made under this one)"
                 );
             }
         }

@@ -144,10 +144,10 @@ pub fn dashboard(
         let due = standing.review_due(catalog);
         let case = entry(&mut cases, &standing.latest.case_id);
         case.last.see(catalog, &standing);
-        let assessed_seq = standing.assessed.seq;
-        // Whether it is the latest of its tool in its case, for its review, as in the journey.
+        // Whether it is the latest of its tool in its case, for its review and its hold, as in
+        // the journey: whether or not it has a review date or a level that holds.
         let latest_of_tool = case
-            .reviews
+            .latest
             .get(&standing.latest.tool.id)
             .is_none_or(|current| standing.supersedes(current.assessed_seq));
         let revision = standing.latest;
@@ -174,34 +174,24 @@ pub fn dashboard(
         if let Some(stage) = case_stage(catalog, &revision.tool.id) {
             case.stage = case.stage.max(stage);
         }
-        if let Some(due) = due {
-            let candidate = LatestOfTool {
-                assessed_seq,
+        if latest_of_tool {
+            // Only a tool that may hold a case needs its level in force and when it was assessed.
+            let may_hold = catalog
+                .get(&revision.tool.id)
+                .is_some_and(|t| !t.meta.holds.is_empty());
+            let latest = LatestOfTool {
+                assessed_seq: standing.assessed.seq,
                 decision_id: revision.decision_id.clone(),
                 due,
+                holding: may_hold
+                    .then(|| (revision.effective_level().to_owned(), standing.assessed.at)),
             };
-            if latest_of_tool {
-                case.reviews.insert(revision.tool.id.clone(), candidate);
+            match case.latest.get_mut(&revision.tool.id) {
+                Some(slot) => *slot = latest,
+                None => {
+                    case.latest.insert(revision.tool.id.clone(), latest);
+                }
             }
-        }
-        // Only tools that may hold a case are kept, with their latest level in force.
-        let may_hold = catalog
-            .get(&revision.tool.id)
-            .is_some_and(|t| !t.meta.holds.is_empty());
-        let latest_level = case
-            .levels
-            .get(&revision.tool.id)
-            .is_none_or(|current| assessed_seq >= current.assessed_seq);
-        if may_hold && latest_level {
-            case.levels.insert(
-                revision.tool.id.clone(),
-                LatestLevel {
-                    assessed_seq,
-                    decision_id: revision.decision_id.clone(),
-                    level: revision.effective_level().to_owned(),
-                    since: standing.assessed.at.clone(),
-                },
-            );
         }
 
         // Last, so the revision's strings can move rather than be copied.
@@ -264,7 +254,7 @@ pub fn dashboard(
     let mut cases_per_stage: BTreeMap<String, u64> =
         (0..=LAST_STAGE).map(|s| (s.to_string(), 0)).collect();
     let mut reviews_overdue: Vec<(DateTime<Utc>, OverdueReview)> = Vec::new();
-    let mut cases_held: Vec<HeldCase> = Vec::new();
+    let mut cases_held: Vec<(u64, HeldCase)> = Vec::new();
     for (case_id, case) in cases {
         if case.child {
             *cases_per_stage.entry(case.stage.to_string()).or_default() += 1;
@@ -273,38 +263,36 @@ pub fn dashboard(
         if case.last.closed().is_some() {
             continue;
         }
-        if case.child {
-            cases_held.extend(
-                case.levels
-                    .into_iter()
-                    .filter(|(tool, l)| holds(catalog, tool, &l.level, case.stage))
-                    .map(|(tool, l)| HeldCase {
-                        case: case_id.clone(),
-                        stage: case.stage,
-                        tool,
-                        decision_id: l.decision_id,
-                        level: l.level,
-                        since: l.since,
-                    }),
-            );
-        }
-        for (tool, latest) in case.reviews {
-            if latest.due <= now {
+        for (tool, latest) in case.latest {
+            if let Some(due) = latest.due.filter(|due| *due <= now) {
                 reviews_overdue.push((
-                    latest.due,
+                    due,
                     OverdueReview {
                         case: case_id.clone(),
-                        tool,
-                        decision_id: latest.decision_id,
-                        due: latest
-                            .due
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        tool: tool.clone(),
+                        decision_id: latest.decision_id.clone(),
+                        due: due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     },
                 ));
             }
+            if let Some((level, since)) = latest.holding {
+                if case.child && holds(catalog, &tool, &level, case.stage) {
+                    cases_held.push((
+                        latest.assessed_seq,
+                        HeldCase {
+                            case: case_id.clone(),
+                            stage: case.stage,
+                            tool,
+                            decision_id: latest.decision_id,
+                            level,
+                            since,
+                        },
+                    ));
+                }
+            }
         }
     }
-    cases_held.sort_by(|a, b| (&a.since, &a.case, &a.tool).cmp(&(&b.since, &b.case, &b.tool)));
+    cases_held.sort_by_key(|(seq, _)| *seq);
     reviews_overdue.sort_by(|(da, a), (db, b)| {
         da.cmp(db)
             .then_with(|| (&a.case, &a.tool).cmp(&(&b.case, &b.tool)))
@@ -316,7 +304,7 @@ pub fn dashboard(
         override_rate_by_tool,
         cases_per_stage,
         reviews_overdue: reviews_overdue.into_iter().map(|(_, r)| r).collect(),
-        cases_held,
+        cases_held: cases_held.into_iter().map(|(_, h)| h).collect(),
     }
 }
 
@@ -337,8 +325,7 @@ struct ToolTally {
     declined: u64,
 }
 
-/// What the dashboard keeps per case: its journey stage, and the latest decision of each tool
-/// that has a review period.
+/// What the dashboard keeps per case: its journey stage, and the latest decision of each tool.
 #[derive(Debug, Default)]
 struct CaseTally {
     /// Whether any of its decisions is about a child (not only an agency's own assessments).
@@ -346,28 +333,20 @@ struct CaseTally {
     /// Its latest assessment, and whether that closes it.
     last: LastAssessment,
     stage: u8,
-    reviews: HashMap<String, LatestOfTool>,
-    /// The latest decision of each tool that may hold a case, by tool.
-    levels: HashMap<String, LatestLevel>,
+    /// The latest decision of each tool in the case, by tool.
+    latest: HashMap<String, LatestOfTool>,
 }
 
-/// The latest decision of a tool that may hold a case, and its level in force.
-#[derive(Debug)]
-struct LatestLevel {
-    /// The journal place of its assessment.
-    assessed_seq: u64,
-    decision_id: String,
-    level: String,
-    /// When it was assessed (RFC 3339).
-    since: String,
-}
-
+/// The latest decision of a tool in a case: what its review and its hold need.
 #[derive(Debug)]
 struct LatestOfTool {
     /// The journal place of its assessment.
     assessed_seq: u64,
     decision_id: String,
-    due: DateTime<Utc>,
+    /// When its review falls due, if it has one.
+    due: Option<DateTime<Utc>>,
+    /// For a tool that may hold a case: its level in force, and when it was assessed.
+    holding: Option<(String, String)>,
 }
 
 /// When a decision's first revision was recorded, as far as its latest revision tells: exactly
@@ -979,6 +958,14 @@ mod tests {
             .submit("c8", "assess", json!({"level": "medium"}), pat(), None)
             .await
             .unwrap();
+        // A front door at `medium` (reviewed after 10 days), then at `low` (never reviewed): the
+        // newer decision has no review, and the older one is not the tool's latest.
+        for level in ["medium", "low"] {
+            service
+                .submit("c9", "door", json!({"level": level}), pat(), None)
+                .await
+                .unwrap();
+        }
         submit("c5", "door").await;
         let d = submit("c5", "assess").await;
         service
@@ -997,7 +984,7 @@ mod tests {
 
         // A month on: assessments (30 days) and checks (7) are overdue, plans (60) are not.
         let now = Utc::now() + chrono::Duration::days(31);
-        let cases = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+        let cases = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
         let latest: Vec<Standing> = cases
             .iter()
             .flat_map(|c| store.case_decisions(c).unwrap())
@@ -1064,7 +1051,7 @@ mod tests {
         assert_eq!(held_cases, [("c1", "assess"), ("c5", "assess")]);
         held.sort_by(|a, b| (&a.since, &a.case).cmp(&(&b.since, &b.case)));
         assert_eq!(board.cases_held, held);
-        assert_eq!(stages["0"], 1, "c3 is at stage 0: {stages:?}");
+        assert_eq!(stages["0"], 2, "c3 and c9 are at stage 0: {stages:?}");
         assert_eq!(stages["1"], 3, "c1, c5 and c8: {stages:?}");
         assert_eq!(stages["3"], 1);
         assert_eq!(stages["7"], 2, "c6 closed and c7 reopened: {stages:?}");
