@@ -574,3 +574,41 @@ async fn a_store_whose_tokens_were_all_revoked_gets_no_new_admin_token() {
         "only a store that never had a token gets one made"
     );
 }
+
+#[test]
+fn token_list_says_which_subjects_todays_rules_refuse() {
+    use safeguard::store::Store;
+    let data = tempfile::tempdir().unwrap();
+    let created = safeguard_on(
+        data.path(),
+        &[
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--subject",
+            "Zo\u{eb}",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    // A token from before subjects had to be in NFKC: "Zoë" written decomposed.
+    let (_, mut old) = safeguard::auth::issue(safeguard::auth::Role::Supervisor, "Zoe");
+    old.subject = "Zoe\u{308}".into();
+    {
+        let store =
+            safeguard::store::SledStore::open_existing(data.path(), Default::default()).unwrap();
+        store.put_token(&old).unwrap();
+    }
+
+    let listed = safeguard_on(data.path(), &["token", "list"]);
+
+    assert!(listed.status.success(), "{listed:?}");
+    let warnings = String::from_utf8_lossy(&listed.stderr).into_owned();
+    let flagged: Vec<&str> = warnings
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(flagged.len(), 1, "{warnings}");
+    assert!(flagged[0].contains(old.id()), "{warnings}");
+    assert!(flagged[0].contains("NFKC"), "{warnings}");
+}
