@@ -620,8 +620,8 @@ pub(crate) fn case_stage(catalog: &Catalog, tool_id: &str) -> Option<u8> {
     }
 }
 
-/// Whether a decision of `tool_id` at `level` (in force) holds a case whose stage is
-/// `case_stage` there: its tool is of that stage and lists the level in `x-tool.holds`, as the
+/// Whether a decision of `tool_id` at `level` (in force) holds a case whose stage is `stage`
+/// there: its tool is of that stage and lists the level in `x-tool.holds`, as the
 /// tool is served now. The case journey and the dashboard both ask it.
 pub(crate) fn holds(catalog: &Catalog, tool_id: &str, level: &str, stage: u8) -> bool {
     catalog
@@ -779,8 +779,8 @@ pub struct Due {
     pub since: Option<String>,
 }
 
-/// A review date as the journey gives it: RFC 3339, to the second.
-fn review_time(at: chrono::DateTime<chrono::Utc>) -> String {
+/// A review date as the journey and the dashboard give it: RFC 3339, to the second.
+pub(crate) fn review_time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -15,7 +15,9 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::decisions::{case_stage, holds, is_organisational, LastAssessment, Standing};
+use crate::decisions::{
+    case_stage, holds, is_organisational, review_time, LastAssessment, Standing,
+};
 use crate::store::{Actor, OverrideStatus, Revision};
 
 /// The last stage of the case journey (close); stages run from 0 (front door).
@@ -271,7 +273,7 @@ pub fn dashboard(
                         case: case_id.clone(),
                         tool: tool.clone(),
                         decision_id: latest.decision_id.clone(),
-                        due: due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        due: review_time(due),
                     },
                 ));
             }

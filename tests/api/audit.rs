@@ -11,8 +11,8 @@ use safeguard::store::hash_value_without_hash;
 use serde_json::{json, Value};
 
 use crate::common::{
-    array_of, catalog_copy, core_cases, error_paths, input_at, json_of, problem, spawn_app,
-    spawn_app_with, valid_input, write_plugin, TestApp, TOOL,
+    array_of, catalog_copy, core_cases, error_paths, json_of, problem, spawn_app, spawn_app_with,
+    valid_input, write_plugin, TestApp, TOOL,
 };
 
 /// The plugin the version tests write.
@@ -1203,18 +1203,11 @@ async fn the_dashboard_counts_cases_at_their_furthest_stage() {
 #[tokio::test]
 async fn the_dashboard_lists_cases_held_at_their_stage() {
     let app = spawn_app().await;
-    let submit = |case: &'static str, level: &'static str| {
-        let app = &app;
-        async move {
-            let input = input_at("plan-stress-test", level);
-            let response = app
-                .submit(case, "plan-stress-test", &input, Role::Practitioner)
-                .await;
-            json_of(response, StatusCode::CREATED).await
-        }
-    };
-    let fails = submit("case-fails", "fails").await;
-    submit("case-robust", "robust").await;
+    let fails = app
+        .decide_at("case-fails", "plan-stress-test", "fails")
+        .await;
+    app.decide_at("case-robust", "plan-stress-test", "robust")
+        .await;
 
     let figures = dashboard(&app).await;
 

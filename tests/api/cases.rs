@@ -181,13 +181,9 @@ async fn an_amendment_is_a_new_assessment() {
 async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one_reopens_it() {
     let app = spawn_app().await;
     app.decide("case-1", TOOL).await;
-    let ready = input_at("closure-readiness", "ready-to-close");
-    let closing = json_of(
-        app.submit("case-1", "closure-readiness", &ready, Role::Practitioner)
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let closing = app
+        .decide_at("case-1", "closure-readiness", "ready-to-close")
+        .await;
 
     let closed = journey(&app, "case-1").await;
 
@@ -196,18 +192,8 @@ async fn a_case_closed_by_its_latest_assessment_has_nothing_due_until_a_new_one_
     assert_eq!(closed["due"], json!([]), "{closed}");
 
     // A tool used at any stage (sharing information, say) leaves it closed.
-    let sharing = input_at("information-sharing", "share-with-consent");
-    json_of(
-        app.submit(
-            "case-1",
-            "information-sharing",
-            &sharing,
-            Role::Practitioner,
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.decide_at("case-1", "information-sharing", "share-with-consent")
+        .await;
     assert_eq!(journey(&app, "case-1").await["closed"], closed["closed"]);
 
     // New concerns: a front-door decision after the closure reopens the case.
@@ -253,22 +239,17 @@ fn review_days(entry: &Value) -> Option<i64> {
 #[tokio::test]
 async fn a_level_that_asks_for_the_tool_again_is_due_for_review_sooner_than_the_tool() {
     let app = spawn_app().await;
-    let submit = |case: &'static str, tool: &'static str, level: &'static str| {
-        let app = &app;
-        async move {
-            let response = app
-                .submit(case, tool, &input_at(tool, level), Role::Practitioner)
-                .await;
-            json_of(response, StatusCode::CREATED).await
-        }
-    };
     // A plan that failed its stress test is re-tested in 10 days; a robust one only when
     // circumstances change (the tool sets no interval).
-    submit("case-fails", "plan-stress-test", "fails").await;
-    submit("case-robust", "plan-stress-test", "robust").await;
+    app.decide_at("case-fails", "plan-stress-test", "fails")
+        .await;
+    app.decide_at("case-robust", "plan-stress-test", "robust")
+        .await;
     // A fragile safety scale is rescaled in 14 days, not the tool's 90.
-    submit("case-fails", "safety-scaling", "fragile").await;
-    submit("case-robust", "safety-scaling", "safe-enough").await;
+    app.decide_at("case-fails", "safety-scaling", "fragile")
+        .await;
+    app.decide_at("case-robust", "safety-scaling", "safe-enough")
+        .await;
 
     let fails = journey(&app, "case-fails").await;
     let robust = journey(&app, "case-robust").await;
@@ -298,17 +279,7 @@ async fn a_level_that_asks_for_the_tool_again_is_due_for_review_sooner_than_the_
 #[tokio::test]
 async fn a_plan_that_fails_its_stress_test_holds_the_case_until_it_is_re_tested() {
     let app = spawn_app().await;
-    let fails = json_of(
-        app.submit(
-            "case-1",
-            "plan-stress-test",
-            &input_at("plan-stress-test", "fails"),
-            Role::Practitioner,
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let fails = app.decide_at("case-1", "plan-stress-test", "fails").await;
 
     let held = journey(&app, "case-1").await;
 
@@ -339,15 +310,9 @@ async fn a_plan_that_fails_its_stress_test_holds_the_case_until_it_is_re_tested(
 #[tokio::test]
 async fn a_hold_at_an_earlier_stage_than_the_cases_holds_nothing() {
     let app = spawn_app().await;
-    for (tool, level) in [
-        ("plan-stress-test", "gaps"),
-        ("monitoring-review", "on-track"),
-    ] {
-        let response = app
-            .submit("case-1", tool, &input_at(tool, level), Role::Practitioner)
-            .await;
-        json_of(response, StatusCode::CREATED).await;
-    }
+    app.decide_at("case-1", "plan-stress-test", "gaps").await;
+    app.decide_at("case-1", "monitoring-review", "on-track")
+        .await;
 
     let journey = journey(&app, "case-1").await;
 
@@ -363,17 +328,7 @@ async fn a_hold_at_an_earlier_stage_than_the_cases_holds_nothing() {
 #[tokio::test]
 async fn an_agreed_level_that_holds_stays_in_force_over_a_re_test_until_one_below_it_is_agreed() {
     let app = spawn_app().await;
-    let gaps = json_of(
-        app.submit(
-            "case-1",
-            "plan-stress-test",
-            &input_at("plan-stress-test", "gaps"),
-            Role::Practitioner,
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let gaps = app.decide_at("case-1", "plan-stress-test", "gaps").await;
     let id = gaps["id"].as_str().unwrap();
     // Two people agree the plan fails...
     app.override_level(id, Role::Practitioner, 1, "fails").await;

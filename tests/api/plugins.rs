@@ -956,18 +956,7 @@ async fn a_review_interval_held_in_a_param_moves_with_the_plugin_s_params() {
     assert_eq!(review_days_of(&local, tool, "fails").await, Some(14));
 
     // The case journey dates the re-test by it.
-    let decision = json_of(
-        local
-            .submit(
-                "case-1",
-                tool,
-                &crate::common::input_at(tool, "gaps"),
-                Role::Practitioner,
-            )
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let decision = local.decide_at("case-1", tool, "gaps").await;
     assert_eq!(decision["level"], "gaps");
     let journey = json_of(
         local.get("/v1/cases/case-1", Role::Practitioner).await,

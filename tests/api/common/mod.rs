@@ -279,6 +279,15 @@ impl TestApp {
         json_of(response, StatusCode::CREATED).await
     }
 
+    /// Submits, for `case` as the practitioner, the form of `tool`'s first case that expects
+    /// `level` (`input_at`); returns the decision.
+    pub async fn decide_at(&self, case: &str, tool: &str, level: &str) -> Value {
+        let response = self
+            .submit(case, tool, &input_at(tool, level), Role::Practitioner)
+            .await;
+        json_of(response, StatusCode::CREATED).await
+    }
+
     /// Overrides decision `id` (at revision `if_match`) to `level` as `role`; returns the new
     /// revision.
     pub async fn override_level(&self, id: &str, role: Role, if_match: u32, level: &str) -> Value {
