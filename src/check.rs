@@ -250,8 +250,15 @@ fn run_on(
     let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
     for dir in plugin_case_dirs(root) {
         // A plugin's cases are its files too: read only from inside its folder.
-        let folder = dir.parent().map(Path::to_path_buf);
-        for (id, mut more) in read_cases(&dir, folder.as_deref(), served, &mut report.case_errors) {
+        let Some(folder) = dir.parent() else { continue };
+        let inside = match crate::catalog::Folder::resolve(folder) {
+            Ok(inside) => inside,
+            Err(e) => {
+                report.case_errors.push(e);
+                continue;
+            }
+        };
+        for (id, mut more) in read_cases(&dir, Some(&inside), served, &mut report.case_errors) {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
     }
@@ -294,7 +301,7 @@ fn plugin_case_dirs(root: &Path) -> Vec<PathBuf> {
 
 fn read_cases(
     dir: &Path,
-    confine: Option<&Path>,
+    confine: Option<&crate::catalog::Folder>,
     catalog: &Catalog,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Vec<(PathBuf, Case)>> {

@@ -268,7 +268,7 @@ pub(crate) fn read_tool_dir(
     schema_dir: &Path,
     rules_dir: &Path,
     source: &ToolSource,
-    confine: Option<&Path>,
+    confine: Option<&Folder>,
     replacements: &BTreeSet<PathBuf>,
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
@@ -319,7 +319,7 @@ fn read_parts(
     schema_path: &Path,
     rules_path: &Path,
     source: ToolSource,
-    confine: Option<&Path>,
+    confine: Option<&Folder>,
 ) -> Result<Parts, Vec<LoadError>> {
     let mut errors = Vec::new();
     let schema_text = read(schema_path, confine, &mut errors);
@@ -556,7 +556,7 @@ pub fn candidate(
 /// plugin's folder), see [`read_text`].
 pub(crate) fn read(
     path: &Path,
-    confine: Option<&Path>,
+    confine: Option<&Folder>,
     errors: &mut Vec<LoadError>,
 ) -> Option<String> {
     read_text(path, confine)
@@ -570,18 +570,18 @@ pub(crate) fn read(
 /// symbolic link, nor wait forever on a pipe. The path is resolved once, into a handle that
 /// opens nothing (`O_PATH`); where that handle leads is checked, and the text is read through
 /// that same handle, so a link swapped in between a check and the read changes nothing.
-pub(crate) fn read_text(path: &Path, confine: Option<&Path>) -> Result<String, String> {
+pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String, String> {
     let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
     let Some(folder) = confine else {
         return std::fs::read_to_string(path).map_err(cannot);
     };
     let handle = confined::Handle::resolve(path).map_err(cannot)?;
     match handle.place() {
-        Ok(place) if place.starts_with(folder.canonicalize().map_err(cannot)?) => {}
+        Ok(place) if place.starts_with(&folder.place) => {}
         Ok(_) => {
             return Err(format!(
                 "is a link to a file outside the plugin folder {}: a plugin's files must be inside its folder",
-                folder.display()
+                folder.shown.display()
             ))
         }
         Err(e) => return Err(format!("cannot tell where the file is: {e}")),
@@ -590,6 +590,33 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Path>) -> Result<String, S
         return Err("is not a regular file: a plugin's files must be files".into());
     }
     handle.read_to_string().map_err(cannot)
+}
+
+/// A plugin's folder as the kernel names it, resolved once for all of the plugin's files: a
+/// link to the folder swapped meanwhile does not move it, and each file's place is compared
+/// with a name from the same source (`/proc/self/fd`), not with another spelling of it.
+pub(crate) struct Folder {
+    /// As the catalog names it, for messages.
+    shown: PathBuf,
+    /// Where it is, every link resolved.
+    place: PathBuf,
+}
+
+impl Folder {
+    pub(crate) fn resolve(folder: &Path) -> Result<Folder, LoadError> {
+        confined::Handle::resolve(folder)
+            .and_then(|handle| handle.place())
+            .map(|place| Folder {
+                shown: folder.to_owned(),
+                place,
+            })
+            .map_err(|e| {
+                LoadError::new(
+                    folder,
+                    format!("cannot tell where the plugin folder is: {e}"),
+                )
+            })
+    }
 }
 
 /// A path resolved once, every link followed, into a handle that opens nothing yet.
@@ -831,8 +858,30 @@ mod tests {
         assert_eq!(own.read_to_string().unwrap(), "own");
 
         // As a whole: the link out the path names now is refused.
-        let refused = read_text(&path, Some(&folder)).unwrap_err();
+        let inside = Folder::resolve(&folder).unwrap();
+        let refused = read_text(&path, Some(&inside)).unwrap_err();
         assert!(refused.contains("outside the plugin folder"), "{refused}");
+    }
+
+    #[test]
+    fn a_plugin_folder_is_the_one_resolved_first_though_a_link_to_it_moves() {
+        let root = tempfile::tempdir().unwrap();
+        let (real, other) = (root.path().join("real"), root.path().join("other"));
+        for dir in [&real, &other] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("plugin.toml"), "name = \"x\"").unwrap();
+        }
+        let link = root.path().join("plugin");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let inside = Folder::resolve(&link).unwrap();
+
+        // The link now leads elsewhere: a file through it is not in the folder resolved.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+
+        assert!(read_text(&real.join("plugin.toml"), Some(&inside)).is_ok());
+        let moved = read_text(&link.join("plugin.toml"), Some(&inside)).unwrap_err();
+        assert!(moved.contains("outside the plugin folder"), "{moved}");
     }
 
     #[test]
@@ -848,6 +897,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &link).unwrap();
 
         // Each returns at once (an open for reading would wait for a writer for ever).
+        let folder = Folder::resolve(&folder).unwrap();
         let inside = read_text(&pipe, Some(&folder)).unwrap_err();
         assert!(inside.contains("is not a regular file"), "{inside}");
         let out = read_text(&link, Some(&folder)).unwrap_err();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{
-    read, read_tool_dir, serde_message, LoadError, Parts, ToolSource, RULES_DIR, SCHEMA_DIR,
+    read, read_tool_dir, serde_message, Folder, LoadError, Parts, ToolSource, RULES_DIR, SCHEMA_DIR,
 };
 use crate::rules::imports;
 
@@ -146,7 +146,15 @@ fn apply_one(
     errors: &mut Vec<LoadError>,
 ) {
     let manifest_path = folder.join(MANIFEST);
-    let Some(text) = read(&manifest_path, Some(folder), errors) else {
+    // Every file of the plugin is read from inside the folder as resolved now.
+    let inside = match Folder::resolve(folder) {
+        Ok(inside) => inside,
+        Err(e) => {
+            errors.push(e);
+            return;
+        }
+    };
+    let Some(text) = read(&manifest_path, Some(&inside), errors) else {
         return;
     };
     let manifest: Manifest = match toml::from_str(&text) {
@@ -185,7 +193,7 @@ fn apply_one(
         &folder.join(SCHEMA_DIR),
         &folder.join(RULES_DIR),
         &source,
-        Some(folder),
+        Some(&inside),
         &replacements,
         broken,
         errors,
@@ -257,7 +265,7 @@ fn apply_one(
             Some(path)
         };
         if let Some(path) = place("schema_patch", &over.schema_patch, errors) {
-            if let Some(text) = read(&path, Some(folder), errors) {
+            if let Some(text) = read(&path, Some(&inside), errors) {
                 match serde_json::from_str(&text) {
                     Ok(patch) => change.schema_patch = Some(patch),
                     Err(e) => errors.push(
@@ -269,7 +277,7 @@ fn apply_one(
             files.schema_patch = Some(path);
         }
         if let Some(path) = place("rules", &over.rules, errors) {
-            change.rules = read(&path, Some(folder), errors);
+            change.rules = read(&path, Some(&inside), errors);
             files.rules = Some(path);
         }
         let before = errors.len();
