@@ -95,8 +95,10 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
     if subject.chars().any(char::is_control) {
         return Err("the subject may not contain control characters".into());
     }
-    if hides_something(subject) {
-        return Err("the subject may not contain invisible characters (such as a zero-width space, a right-to-left mark, a variation selector or a tag character)".into());
+    match hidden(subject) {
+        Some(ZWJ | ZWNJ) => return Err("the subject may hold a zero-width joiner or non-joiner only where its script needs one: after a virama between two letters of its script, or a non-joiner between two letters that would otherwise join".into()),
+        Some(_) => return Err("the subject may not contain invisible characters (such as a zero-width space, a right-to-left mark, a variation selector or a tag character)".into()),
+        None => {}
     }
     if subject.starts_with(char::is_whitespace) || subject.ends_with(char::is_whitespace) {
         return Err("the subject may not begin or end with a space".into());
@@ -130,17 +132,19 @@ pub fn is_invisible(c: char) -> bool {
         || CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
 }
 
-/// Whether `subject` holds an invisible character other than a joiner its script needs: the
-/// zero-width joiner after a virama ("ශ්‍රී"), or the zero-width non-joiner there or between
-/// two letters that would otherwise join (Persian "می‌دانم"). These are Unicode's contextual
-/// rules for joiners in names (IDNA, RFC 5892 appendix A.1 and A.2), where they change how a
-/// name looks; anywhere else they change nothing that shows.
-fn hides_something(subject: &str) -> bool {
+/// The first invisible character of `subject` other than a joiner its script needs: the
+/// zero-width joiner or non-joiner after a virama, between two letters of the virama's script
+/// ("ශ්‍රී"), or the non-joiner between two letters that would otherwise join (Persian
+/// "می‌دانم"). These are Unicode's contextual rules for joiners in names (IDNA, RFC 5892
+/// appendix A.1 and A.2), narrowed to a virama between letters, where the joiner changes the
+/// conjunct the letters make; elsewhere a joiner changes nothing that shows.
+fn hidden(subject: &str) -> Option<char> {
     let chars: Vec<char> = subject.chars().collect();
     chars
         .iter()
         .enumerate()
-        .any(|(i, &c)| is_invisible(c) && !joiner_in_context(&chars, i))
+        .find(|(i, &c)| is_invisible(c) && !joiner_in_context(&chars, *i))
+        .map(|(_, &c)| c)
 }
 
 const ZWNJ: char = '\u{200c}';
@@ -148,15 +152,31 @@ const ZWJ: char = '\u{200d}';
 
 /// Whether `chars[i]` is a joiner where its script needs one (RFC 5892 appendix A.1, A.2).
 fn joiner_in_context(chars: &[char], i: usize) -> bool {
-    use icu_properties::props::{CanonicalCombiningClass, JoiningType};
+    use icu_properties::props::{CanonicalCombiningClass, JoiningType, Script};
     use icu_properties::CodePointMapData;
     let joiner = chars[i];
     if joiner != ZWNJ && joiner != ZWJ {
         return false;
     }
-    let after_virama = i.checked_sub(1).is_some_and(|j| {
-        CodePointMapData::<CanonicalCombiningClass>::new().get(chars[j])
-            == CanonicalCombiningClass::Virama
+    let class = |c: char| CodePointMapData::<CanonicalCombiningClass>::new().get(c);
+    let script = |c: char| CodePointMapData::<Script>::new().get(c);
+    // A virama just before it, whose letter (past any other marks on it) and the letter just
+    // after the joiner are of one script, the virama's own or one it is shared by.
+    let after_virama = i.checked_sub(1).is_some_and(|v| {
+        let virama = chars[v];
+        let letter = chars[..v]
+            .iter()
+            .rev()
+            .find(|c| class(**c) == CanonicalCombiningClass::NotReordered);
+        let next = chars.get(i + 1);
+        class(virama) == CanonicalCombiningClass::Virama
+            && letter.zip(next).is_some_and(|(letter, next)| {
+                let of = script(*letter);
+                letter.is_alphabetic()
+                    && next.is_alphabetic()
+                    && script(*next) == of
+                    && [of, Script::Inherited, Script::Common].contains(&script(virama))
+            })
     });
     if after_virama || joiner == ZWJ {
         return after_virama;
@@ -475,6 +495,14 @@ mod tests {
     fn a_joiner_is_taken_only_where_its_script_needs_it() {
         // Sinhala "Sri": the joiner after the virama makes the form the name is written in.
         assert!(check_subject("\u{dc1}\u{dca}\u{200d}\u{dbb}\u{dd3}").is_ok());
+        // Devanagari: a non-joiner after the virama keeps the half form of "k" before "ss".
+        assert!(check_subject("\u{915}\u{94d}\u{200c}\u{937}").is_ok());
+        // Refused for the joiner, and the answer says so.
+        let why = check_subject("pat\u{200d}smith").unwrap_err();
+        assert!(
+            why.contains("joiner only where its script needs one"),
+            "{why}"
+        );
         // Persian "mi-danam": the non-joiner keeps two joining letters apart.
         assert!(check_subject("\u{645}\u{6cc}\u{200c}\u{62f}\u{627}\u{646}\u{645}").is_ok());
         // The same joiners where nothing joins change nothing that shows.
@@ -484,6 +512,10 @@ mod tests {
             "\u{62f}\u{200c}\u{627}", // after a letter that does not join to the left
             "\u{645}\u{200c}",        // with nothing after it
             "\u{dc1}\u{200d}\u{dbb}", // no virama before it
+            "Pat\u{94d}\u{200d}Smith", // a Devanagari virama between Latin letters
+            "\u{94d}\u{200d}\u{915}", // a virama with no letter before it
+            "\u{915}\u{94d}\u{200c}", // nothing after it
+            "\u{915}\u{94d}\u{200c} \u{937}", // a space after it
         ] {
             assert!(check_subject(hidden).is_err(), "{hidden:?}");
         }

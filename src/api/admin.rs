@@ -157,7 +157,7 @@ fn subject_schema() -> utoipa::openapi::Object {
         .max_length(Some(auth::MAX_SUBJECT_CHARS))
         .pattern(Some(auth::subject_pattern()))
         .description(Some(
-            "Who will hold it: 1-128 characters with no control or invisible characters (a zero-width space, a direction mark, a variation selector, a tag character), words separated by single ordinary spaces and none at either end, in Unicode's normalisation form NFKC (an accented letter as one character; no ligatures, full-width or Roman-numeral letters), so that two subjects that look the same are the same. The pattern names the invisible characters of the Basic Multilingual Plane only, and cannot say NFKC: a subject it matches is still refused for an invisible character beyond the BMP or for not being in NFKC.",
+            "Who will hold it: 1-128 characters with no control or invisible characters (a zero-width space, a direction mark, a variation selector, a tag character), words separated by single ordinary spaces and none at either end, in Unicode's normalisation form NFKC (an accented letter as one character; no ligatures, full-width or Roman-numeral letters), so that two subjects that look the same are the same. A zero-width joiner or non-joiner is taken only where its script needs one: after a virama between two letters of its script, or a non-joiner between two letters that would otherwise join (RFC 5892 appendix A). The pattern names the invisible characters of the Basic Multilingual Plane only, allows the joiners anywhere, and cannot say NFKC: a subject it matches is still refused for an invisible character beyond the BMP, a joiner out of place, or not being in NFKC.",
         ))
         .build()
 }
@@ -202,7 +202,7 @@ pub async fn tokens_list(
     request_body = NewToken,
     responses(
         (status = 201, description = "The token, shown this once", body = CreatedToken),
-        (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters, edge, doubled or unusual spaces, or is not in NFKC", body = super::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters (a joiner out of place among them), edge, doubled or unusual spaces, or is not in NFKC", body = super::Problem, content_type = "application/problem+json"),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,

@@ -580,7 +580,7 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
         Ok(place) if place.starts_with(&folder.place) => {}
         Ok(_) => {
             return Err(format!(
-                "is a link to a file outside the plugin folder {}: a plugin's files must be inside its folder",
+                "is a link to a file outside the plugin folder {} (or the folder was moved while it was read): a plugin's files must be inside its folder",
                 folder.shown.display()
             ))
         }
