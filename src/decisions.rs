@@ -744,6 +744,11 @@ pub struct Journey {
     /// is overridden and approved) at a level that does not hold.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<AtLevel>,
+    /// Set when every decision of the case is an agency's own assessment (a tool of stage
+    /// `org`, recorded under the agency's id): it is no child's case, so nothing of the journey
+    /// is due or held, and its `stage` of 0 says only that no case stage was reached.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub organisational: bool,
 }
 
 /// A decision whose level in force closes a case, or holds it at its stage.
@@ -883,6 +888,7 @@ pub(crate) fn journey(
         due,
         closed,
         held,
+        organisational,
     }
 }
 

@@ -347,3 +347,18 @@ async fn an_agreed_level_that_holds_stays_in_force_over_a_re_test_until_one_belo
     assert_eq!(journey["held"][0]["level"], "fails", "{journey}");
     assert_eq!(due(&journey, "not-done"), Vec::<String>::new(), "{journey}");
 }
+
+#[tokio::test]
+async fn an_agencys_own_assessment_is_no_childs_case_and_its_journey_says_so() {
+    let app = spawn_app().await;
+    app.decide("agency-1", "org-self-assessment").await;
+    app.decide("case-1", TOOL).await;
+
+    let agency = journey(&app, "agency-1").await;
+    let child = journey(&app, "case-1").await;
+
+    assert_eq!(agency["organisational"], true, "{agency}");
+    assert_eq!(agency["stage"], 0, "{agency}");
+    assert_eq!(due(&agency, "not-done"), Vec::<String>::new(), "{agency}");
+    assert!(child.get("organisational").is_none(), "{child}");
+}
