@@ -237,6 +237,16 @@ pub fn has_words(text: &str) -> bool {
         .any(|c| c.is_alphanumeric() && !is_invisible(c))
 }
 
+/// The tokens still in use whose subjects [`check_subject`] refuses, each with why: made before
+/// today's rules, kept (the subject is on record), and worth reissuing. `serve` logs them at
+/// start and `token list` prints them.
+pub fn refused_subjects(records: &[TokenRecord]) -> impl Iterator<Item = (&TokenRecord, String)> {
+    records
+        .iter()
+        .filter(|r| r.revoked_at.is_none())
+        .filter_map(|r| check_subject(&r.subject).err().map(|why| (r, why)))
+}
+
 /// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
 pub const ID_LEN: usize = 12;
 

@@ -303,14 +303,12 @@ fn token_list(file: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     // A subject from before today's rules may look like another: say so, apart from the table.
-    for r in records.iter().filter(|r| r.revoked_at.is_none()) {
-        if let Err(why) = auth::check_subject(&r.subject) {
-            eprintln!(
-                "warning: the subject of token {} ({:?}) would be refused today: {why}",
-                r.id(),
-                r.subject
-            );
-        }
+    for (r, why) in auth::refused_subjects(&records) {
+        eprintln!(
+            "warning: the subject of token {} ({:?}) would be refused today: {why}",
+            r.id(),
+            r.subject
+        );
     }
     Ok(())
 }

@@ -106,14 +106,12 @@ impl Server {
         let records = store.tokens()?;
         // Subjects are checked when a token is made; one made before today's rules is kept (its
         // subject is on record), and said here so an admin can reissue it.
-        for record in records.iter().filter(|r| r.revoked_at.is_none()) {
-            if let Err(why) = auth::check_subject(&record.subject) {
-                tracing::warn!(
-                    token = record.id(),
-                    subject = ?record.subject,
-                    "a token's subject would be refused today ({why}): decide the overrides pending under this subject, then issue its holder a new token and revoke this one (four eyes compare subjects, so under a new subject its holder could approve an override made under this one)"
-                );
-            }
+        for (record, why) in auth::refused_subjects(&records) {
+            tracing::warn!(
+                token = record.id(),
+                subject = ?record.subject,
+                "a token's subject would be refused today ({why}): decide the overrides pending under this subject, then issue its holder a new token and revoke this one (four eyes compare subjects, so under a new subject its holder could approve an override made under this one)"
+            );
         }
         let first_admin = records
             .is_empty()

@@ -294,13 +294,8 @@ async fn a_plan_that_fails_its_stress_test_holds_the_case_until_it_is_re_tested(
 
     // Rebuilt and re-tested: the same decision amended to a robust plan moves the case on.
     let id = fails["id"].as_str().unwrap();
-    let body = json!({"input": input_at("plan-stress-test", "robust")});
-    json_of(
-        app.change(id, "revisions", Role::Practitioner, 1, &body)
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let robust = input_at("plan-stress-test", "robust");
+    app.amend_with(id, Role::Practitioner, 1, &robust).await;
     let moved = journey(&app, "case-1").await;
 
     assert!(moved.get("held").is_none(), "{moved}");
@@ -334,13 +329,8 @@ async fn an_agreed_level_that_holds_stays_in_force_over_a_re_test_until_one_belo
     app.override_level(id, Role::Practitioner, 1, "fails").await;
     app.approve(id, 2).await;
     // ...and one person's robust re-test of the same decision does not undo that alone.
-    let body = json!({"input": input_at("plan-stress-test", "robust")});
-    json_of(
-        app.change(id, "revisions", Role::Practitioner, 3, &body)
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let robust = input_at("plan-stress-test", "robust");
+    app.amend_with(id, Role::Practitioner, 3, &robust).await;
 
     let journey = journey(&app, "case-1").await;
 

@@ -1164,20 +1164,6 @@ async fn amending_drops_an_override_made_on_the_old_input() {
     assert!(amended.get("override").is_none(), "{amended}");
 }
 
-/// Amends decision `id` at `revision` with `input` as the practitioner; the new revision.
-async fn amended_to(app: &TestApp, id: &str, revision: u32, input: &Value) -> Value {
-    let response = app
-        .change(
-            id,
-            "revisions",
-            Role::Practitioner,
-            revision,
-            &json!({ "input": input }),
-        )
-        .await;
-    json_of(response, StatusCode::CREATED).await
-}
-
 #[tokio::test]
 async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     let app = spawn_app().await;
@@ -1200,7 +1186,7 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
 
     // The same form again (one answer reworded, say): the tool still says low, and the level
     // two people agreed stays in force, with their override.
-    let amended = amended_to(&app, id, 3, &low).await;
+    let amended = app.amend_with(id, Role::Practitioner, 3, &low).await;
     assert_eq!(amended["kind"], "amended");
     assert_eq!(amended["tool_level"], "low");
     assert_eq!(amended["level"], "medium", "{amended}");
@@ -1208,7 +1194,9 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
 
     // Nor do two amendments in a row: one at the agreed level, then one below it.
     for (revision, level) in [(4, "medium"), (5, "low")] {
-        let again = amended_to(&app, id, revision, &input_at(TOOL, level)).await;
+        let again = app
+            .amend_with(id, Role::Practitioner, revision, &input_at(TOOL, level))
+            .await;
         assert_eq!(again["tool_level"], level);
         assert_eq!(again["level"], "medium", "{again}");
     }
@@ -1216,12 +1204,12 @@ async fn an_amendment_alone_never_lowers_a_level_two_people_agreed() {
     // A form the tool places above the agreed level stands alone: more serious needs no one's
     // approval.
     let high = input_at(TOOL, "high");
-    let raised = amended_to(&app, id, 6, &high).await;
+    let raised = app.amend_with(id, Role::Practitioner, 6, &high).await;
     assert_eq!(raised["level"], "high", "{raised}");
     assert!(raised.get("override").is_none(), "{raised}");
 
     // Put aside, not undone: an amendment back below the agreed level finds it in force again.
-    let lowered = amended_to(&app, id, 7, &low).await;
+    let lowered = app.amend_with(id, Role::Practitioner, 7, &low).await;
     assert_eq!(lowered["tool_level"], "low");
     assert_eq!(lowered["level"], "medium", "{lowered}");
     assert_eq!(lowered["override"]["status"], "approved", "{lowered}");
@@ -1350,32 +1338,31 @@ async fn a_tool_that_hits_a_limit_or_breaks_the_contract_decides_nothing_and_the
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tool_once_slow_runs_off_the_async_workers_and_holds_up_no_other_request() {
-    let app = std::sync::Arc::new(spawn_app_with(&crate::hostile_root()).await);
-    // Its first decision runs inline, as every tool's does, and shows it slow (it holds one
-    // async worker for its second: the price of not handing every decision to another thread).
-    let first = app
+/// One evaluation of the hostile catalog's `slow-strings`, whose script runs to its time limit
+/// (a second) and is refused for it.
+async fn evaluate_slowly(app: &TestApp) {
+    let response = app
         .post_json(
             "/v1/tools/slow-strings/evaluate",
             Role::Practitioner,
             &json!({"input": {"concerns": 2}}),
         )
         .await;
-    assert_eq!(first.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_once_slow_runs_off_the_async_workers_and_holds_up_no_other_request() {
+    let app = std::sync::Arc::new(spawn_app_with(&crate::hostile_root()).await);
+    // Its first decision runs inline, as every tool's does, and shows it slow (it holds one
+    // async worker for its second: the price of not handing every decision to another thread).
+    evaluate_slowly(&app).await;
     // Then more slow evaluations than the runtime has async workers, each running its second.
     let mut slow = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let app = std::sync::Arc::clone(&app);
         slow.spawn(async move {
-            let response = app
-                .post_json(
-                    "/v1/tools/slow-strings/evaluate",
-                    Role::Practitioner,
-                    &json!({"input": {"concerns": 2}}),
-                )
-                .await;
-            assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            evaluate_slowly(&app).await;
             std::time::Instant::now()
         });
     }

@@ -256,7 +256,14 @@ impl TestApp {
     /// Amends decision `id` at revision `if_match` with the valid form of [`TOOL`] as `role`;
     /// returns the new revision.
     pub async fn amend(&self, id: &str, role: Role, if_match: u32) -> Value {
-        let body = json!({"input": valid_input(TOOL)});
+        self.amend_with(id, role, if_match, &valid_input(TOOL))
+            .await
+    }
+
+    /// Amends decision `id` at revision `if_match` with `input` as `role`; returns the new
+    /// revision.
+    pub async fn amend_with(&self, id: &str, role: Role, if_match: u32, input: &Value) -> Value {
+        let body = json!({ "input": input });
         json_of(
             self.change(id, "revisions", role, if_match, &body).await,
             StatusCode::CREATED,
