@@ -237,14 +237,94 @@ pub fn has_words(text: &str) -> bool {
         .any(|c| c.is_alphanumeric() && !is_invisible(c))
 }
 
-/// The tokens still in use whose subjects [`check_subject`] refuses, each with why: made before
-/// today's rules, kept (the subject is on record), and worth reissuing. `serve` logs them at
-/// start and `token list` prints them.
-pub fn refused_subjects(records: &[TokenRecord]) -> impl Iterator<Item = (&TokenRecord, String)> {
-    records
+/// What a subject looks like, whatever characters draw it: Unicode's confusable skeleton (UTS #39
+/// section 4), in which "pat" with a Cyrillic "а", "PAT" with a Greek capital alpha, "Arnie" and
+/// "Amie" ("rn" and "m"), or "Bill" and "BiII" come out the same.
+fn likeness(subject: &str) -> String {
+    unicode_security::skeleton(subject).collect()
+}
+
+/// Whether two subjects could be read as one holder's: the same text, or texts that look the
+/// same. Four eyes ask this of the override's author and its approver, so two tokens issued
+/// before look-alikes were refused (below) still cannot approve each other's overrides.
+pub fn same_holder(a: &str, b: &str) -> bool {
+    a == b || likeness(a) == likeness(b)
+}
+
+/// The token on record, in use or revoked, whose subject looks the same as `subject` without
+/// being it. A new token may not be issued under such a subject: the actor of every revision is
+/// its subject, and a reader of the record could not tell the two holders apart. The same
+/// subject is fine: one holder may have several tokens. A subject that [`check_subject`] refuses
+/// (one from before its rules) does not count: its holder is reissued under the subject that
+/// looks the same and passes, which is what `serve` advises.
+pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<&'a TokenRecord> {
+    let look = likeness(subject);
+    records.iter().find(|r| {
+        stands_in_the_way(
+            &r.subject,
+            &likeness(&r.subject),
+            check_subject(&r.subject).is_ok(),
+            subject,
+            &look,
+        )
+    })
+}
+
+/// Whether a subject on record (with its likeness, and whether today's rules take it) keeps
+/// `subject` (with its likeness) from a new token: the rule of [`look_alike`].
+fn stands_in_the_way(
+    held: &str,
+    held_look: &str,
+    held_passes: bool,
+    subject: &str,
+    look: &str,
+) -> bool {
+    held_passes && held != subject && held_look == look
+}
+
+/// Why a subject that looks the same as `existing`'s is refused, and what to do instead.
+pub fn looks_like(existing: &TokenRecord) -> String {
+    format!(
+        "the subject looks the same as {:?}, the subject of token {}: a record could not tell their holders apart. Give the same holder exactly that subject, or another holder a subject that reads differently (with a surname or a staff number)",
+        existing.subject,
+        existing.id()
+    )
+}
+
+/// The tokens still in use whose subjects would be refused today, each with why: by
+/// [`check_subject`], or by [`look_alike`] against the tokens made before it. Made before
+/// today's rules, they are kept (the subject is on record) and worth reissuing. `serve` logs
+/// them at start and `token list` prints them.
+pub fn refused_subjects(records: &[TokenRecord]) -> Vec<(&TokenRecord, String)> {
+    let mut by_age: Vec<&TokenRecord> = records.iter().collect();
+    by_age.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
+    let looks: Vec<String> = by_age.iter().map(|r| likeness(&r.subject)).collect();
+    let refused: Vec<Option<String>> = by_age
         .iter()
-        .filter(|r| r.revoked_at.is_none())
-        .filter_map(|r| check_subject(&r.subject).err().map(|why| (r, why)))
+        .map(|r| check_subject(&r.subject).err())
+        .collect();
+    by_age
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.revoked_at.is_none())
+        .filter_map(|(i, r)| {
+            let earlier = || {
+                (0..i)
+                    .find(|&j| {
+                        let held = by_age[j];
+                        stands_in_the_way(
+                            &held.subject,
+                            &looks[j],
+                            refused[j].is_none(),
+                            &r.subject,
+                            &looks[i],
+                        )
+                    })
+                    .map(|j| looks_like(by_age[j]))
+            };
+            refused[i].clone().or_else(earlier).map(|why| (*r, why))
+        })
+        .collect()
 }
 
 /// How many hex digits of a token's hash name it in `safeguard token list` and `revoke`.
@@ -529,6 +609,74 @@ mod tests {
         ] {
             assert!(check_subject(hidden).is_err(), "{hidden:?}");
         }
+    }
+
+    #[test]
+    fn a_subject_that_looks_like_another_on_record_is_found() {
+        let (_, pat) = issue(Role::Practitioner, "pat");
+        let (_, mut arnie) = issue(Role::Supervisor, "Arnie");
+        arnie.revoked_at = Some("2026-01-01T00:00:00Z".into());
+        let (_, bill) = issue(Role::Auditor, "Bill Smith");
+        let records = [pat.clone(), arnie.clone(), bill.clone()];
+        for (subject, like) in [
+            ("p\u{430}t", &pat),               // a Cyrillic a
+            ("\u{440}\u{430}t", &pat),         // a Cyrillic er and a
+            ("Amie", &arnie),                  // "rn" for "m", and revoked: still on record
+            ("BiII Smith", &bill),             // capital i for l
+            ("Bi\u{4cf}\u{4cf} Smith", &bill), // Cyrillic palochkas, drawn as l
+        ] {
+            assert_eq!(look_alike(&records, subject), Some(like), "{subject:?}");
+            assert!(same_holder(subject, &like.subject), "{subject:?}");
+        }
+        // The same subject is the same holder, and subjects that read differently are others.
+        for other in ["pat", "Pat", "pam", "Arne", "Bill Smyth", "Zo\u{eb}"] {
+            assert_eq!(look_alike(&records, other), None, "{other:?}");
+        }
+        assert!(!same_holder("pat", "Pat"));
+        // A subject from before today's rules ("Zoë" decomposed) keeps no one from the form that
+        // passes: its holder is reissued under it.
+        let (_, mut legacy) = issue(Role::Supervisor, "Zoe");
+        legacy.subject = "Zoe\u{308}".into();
+        assert_eq!(look_alike(std::slice::from_ref(&legacy), "Zo\u{eb}"), None);
+        assert!(same_holder("Zo\u{eb}", &legacy.subject));
+        assert!(looks_like(&pat).contains("\"pat\""));
+        assert!(looks_like(&pat).contains(pat.id()));
+    }
+
+    #[test]
+    fn of_two_look_alike_tokens_the_later_one_is_refused_today() {
+        let made_at = |subject: &str, at: &str| TokenRecord {
+            created_at: at.into(),
+            ..issue(Role::Supervisor, subject).1
+        };
+        let first = made_at("sue", "2026-01-01T00:00:00Z");
+        let later = made_at("s\u{1d1c}e", "2026-02-01T00:00:00Z"); // a small capital U
+        let other = made_at("sam", "2026-03-01T00:00:00Z");
+        let mut revoked = made_at("s\u{443}e", "2026-04-01T00:00:00Z"); // a Cyrillic u
+        revoked.revoked_at = Some("2026-05-01T00:00:00Z".into());
+        assert!(same_holder("sue", &later.subject));
+
+        // "Zoë" decomposed, from before NFKC was required, then composed: only the first is
+        // refused, for its own reason.
+        let decomposed = made_at("Zoe\u{308}", "2026-01-01T00:00:00Z");
+        let composed = made_at("Zo\u{eb}", "2026-06-01T00:00:00Z");
+
+        // Whatever order the store lists them in.
+        let records = [
+            revoked.clone(),
+            composed,
+            other,
+            later.clone(),
+            first.clone(),
+            decomposed.clone(),
+        ];
+        let refused = refused_subjects(&records);
+
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(refused[0].0, &decomposed);
+        assert!(refused[0].1.contains("NFKC"), "{}", refused[0].1);
+        assert_eq!(refused[1].0, &later);
+        assert!(refused[1].1.contains(first.id()), "{}", refused[1].1);
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub async fn tokens_list(
         (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters (a joiner out of place among them), edge, doubled or unusual spaces, or is not in NFKC", body = super::Problem, content_type = "application/problem+json"),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The subject looks the same as another token's (in use or revoked) without being it: Unicode's confusables (UTS #39), such as a Cyrillic letter for a Latin one, or \"rn\" for \"m\"", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
         super::WriteProblems,
 ))]
@@ -214,8 +215,13 @@ pub async fn token_create(
     Json(request): Json<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     auth::check_subject(&request.subject).map_err(|m| ApiError::invalid("/subject", m))?;
-    let (token, record) = auth::issue(request.role, &request.subject);
+    // Under the lock, so two look-alike subjects created at once cannot both pass.
     let _writing = state.token_writes.lock().await;
+    let records = state.decisions.store().tokens().map_err(ApiError::from)?;
+    if let Some(existing) = auth::look_alike(&records, &request.subject) {
+        return Err(ApiError::SubjectLooksAlike(auth::looks_like(existing)));
+    }
+    let (token, record) = auth::issue(request.role, &request.subject);
     store_token(&state, &record).await?;
     state
         .tokens

@@ -78,6 +78,8 @@ pub enum ApiError {
     UnknownToken(String),
     #[error("{0}")]
     TokenConflict(String),
+    #[error("{0}")]
+    SubjectLooksAlike(String),
     #[error("the service is not ready")]
     Unavailable,
     /// The store takes no writes: one could not be made durable earlier, or it has lost
@@ -191,6 +193,7 @@ impl ApiError {
             CatalogInvalid(_) => ProblemType::CatalogInvalid,
             UnknownToken(_) => ProblemType::UnknownToken,
             TokenConflict(_) => ProblemType::TokenConflict,
+            SubjectLooksAlike(_) => ProblemType::SubjectLooksAlike,
             Unavailable => ProblemType::Unavailable,
             StoreUnavailable => ProblemType::StoreUnavailable,
             Internal(_) => ProblemType::Internal,

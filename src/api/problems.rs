@@ -47,6 +47,7 @@ problem_types! {
     CatalogInvalid,
     UnknownToken,
     TokenConflict,
+    SubjectLooksAlike,
     Unavailable,
     StoreUnavailable,
     Internal,
@@ -100,7 +101,7 @@ impl ProblemType {
                 "four-eyes",
                 "Approval needs a second person",
                 StatusCode::FORBIDDEN,
-                "A supervisor tried to approve an override they asked for themselves. An override takes effect only once a second person agrees with it.",
+                "A supervisor tried to approve an override they asked for themselves, or one asked for under a subject that looks the same as theirs (Unicode's confusables, UTS #39), which a record could not tell apart. An override takes effect only once a second person agrees with it.",
                 "Ask another supervisor to approve it, or decline (withdraw) it.",
             ),
             InvalidForm => (
@@ -256,6 +257,13 @@ impl ProblemType {
                 StatusCode::CONFLICT,
                 "The token is already revoked, or it is the last admin token, which would leave no one able to manage the service.",
                 "Create another admin token before revoking the last one.",
+            ),
+            SubjectLooksAlike => (
+                "subject-looks-alike",
+                "The subject looks like another token's",
+                StatusCode::CONFLICT,
+                "The new token's subject looks the same as the subject of a token on record (in use or revoked) without being it: a Cyrillic or Greek letter for a Latin one, \"rn\" for \"m\", \"I\" for \"l\" (Unicode's confusables, UTS #39). Every revision records its actor by subject, and four eyes compare subjects, so a reader of the record could not tell the two holders apart.",
+                "For another token of the same holder, use exactly the subject the detail names. For another holder, choose a subject that reads differently, with a surname or a staff number.",
             ),
             Unavailable => (
                 "unavailable",

@@ -451,6 +451,72 @@ async fn a_subject_that_is_blank_or_has_control_characters_is_400_naming_it() {
 }
 
 #[tokio::test]
+async fn a_subject_that_looks_like_another_tokens_is_409_naming_it_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let create = |subject: &'static str| {
+        let app = &app;
+        async move {
+            app.post_json(
+                "/v1/admin/tokens",
+                Role::Admin,
+                &json!({"role": "supervisor", "subject": subject}),
+            )
+            .await
+        }
+    };
+    let before = listed_tokens(&app).await.len();
+    // "pat-practitioner" with a Cyrillic "а"; "ada-admin" with "rn" for "m".
+    for (subject, like) in [
+        ("p\u{430}t-practitioner", "pat-practitioner"),
+        ("ada-adrnin", "ada-admin"),
+    ] {
+        let body = problem(
+            create(subject).await,
+            StatusCode::CONFLICT,
+            "/problems/subject-looks-alike",
+        )
+        .await;
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("{like:?}")), "{body}");
+        assert!(
+            detail.contains(
+                token_of(&listed_tokens(&app).await, like)["id"]
+                    .as_str()
+                    .unwrap()
+            ),
+            "{body}"
+        );
+    }
+    assert_eq!(listed_tokens(&app).await.len(), before);
+
+    // The same subject again is the same person: a second token of theirs.
+    assert_eq!(
+        create("pat-practitioner").await.status(),
+        StatusCode::CREATED
+    );
+    // A revoked token's subject stays on record, and so does its likeness.
+    let id = token_of(&listed_tokens(&app).await, "ari-auditor")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = app
+        .post_json(
+            &format!("/v1/admin/tokens/{id}/revoke"),
+            Role::Admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    problem(
+        create("\u{430}ri-auditor").await,
+        StatusCode::CONFLICT,
+        "/problems/subject-looks-alike",
+    )
+    .await;
+    assert_eq!(listed_tokens(&app).await.len(), before + 1);
+}
+
+#[tokio::test]
 async fn a_revoked_token_is_refused_at_once_and_the_last_admin_token_cannot_be_revoked() {
     let app = spawn_app().await;
     let practitioner = token_of(&listed_tokens(&app).await, "pat-practitioner")["id"]

@@ -577,7 +577,6 @@ async fn a_store_whose_tokens_were_all_revoked_gets_no_new_admin_token() {
 
 #[test]
 fn token_list_says_which_subjects_todays_rules_refuse() {
-    use safeguard::store::Store;
     let data = tempfile::tempdir().unwrap();
     let created = safeguard_on(
         data.path(),
@@ -594,21 +593,72 @@ fn token_list_says_which_subjects_todays_rules_refuse() {
     // A token from before subjects had to be in NFKC: "Zoë" written decomposed.
     let (_, mut old) = safeguard::auth::issue(safeguard::auth::Role::Supervisor, "Zoe");
     old.subject = "Zoe\u{308}".into();
+
+    let flagged = warnings_of_token_list_with(data.path(), &old);
+
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert!(flagged[0].contains(old.id()), "{flagged:?}");
+    assert!(flagged[0].contains("NFKC"), "{flagged:?}");
+}
+
+/// Stores `record` as a token from before today's subject rules would have let it be made, then
+/// runs `token list`: the warning lines it prints.
+fn warnings_of_token_list_with(data: &Path, record: &safeguard::auth::TokenRecord) -> Vec<String> {
+    use safeguard::store::Store;
     {
-        let store =
-            safeguard::store::SledStore::open_existing(data.path(), Default::default()).unwrap();
-        store.put_token(&old).unwrap();
+        let store = safeguard::store::SledStore::open_existing(data, Default::default()).unwrap();
+        store.put_token(record).unwrap();
     }
-
-    let listed = safeguard_on(data.path(), &["token", "list"]);
-
+    let listed = safeguard_on(data, &["token", "list"]);
     assert!(listed.status.success(), "{listed:?}");
-    let warnings = String::from_utf8_lossy(&listed.stderr).into_owned();
-    let flagged: Vec<&str> = warnings
+    String::from_utf8_lossy(&listed.stderr)
         .lines()
         .filter(|l| l.starts_with("warning:"))
-        .collect();
-    assert_eq!(flagged.len(), 1, "{warnings}");
-    assert!(flagged[0].contains(old.id()), "{warnings}");
-    assert!(flagged[0].contains("NFKC"), "{warnings}");
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn token_create_refuses_a_subject_that_looks_like_one_on_record_and_list_names_old_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let create = |subject: &str| {
+        safeguard_on(
+            data.path(),
+            &[
+                "token",
+                "create",
+                "--role",
+                "supervisor",
+                "--subject",
+                subject,
+            ],
+        )
+    };
+    assert!(create("Arnie").status.success());
+
+    // "Amie": "rn" reads as "m".
+    let refused = create("Amie");
+
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        refused.stdout.is_empty(),
+        "no token is printed: {refused:?}"
+    );
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(why.contains("looks the same as \"Arnie\""), "{why}");
+    assert!(
+        create("Arnie").status.success(),
+        "the same subject is the same person"
+    );
+
+    // A look-alike stored before the rule: `token list` names it, and not the first "Arnie".
+    // Made after both "Arnie" tokens, so it is the later of each pair.
+    let old = safeguard::auth::TokenRecord {
+        created_at: "2100-01-01T00:00:00Z".into(),
+        ..safeguard::auth::issue(safeguard::auth::Role::Supervisor, "Amie").1
+    };
+    let flagged = warnings_of_token_list_with(data.path(), &old);
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert!(flagged[0].contains(old.id()), "{flagged:?}");
+    assert!(flagged[0].contains("looks the same"), "{flagged:?}");
 }

@@ -711,6 +711,41 @@ async fn the_supervisor_who_made_an_override_cannot_approve_it() {
 }
 
 #[tokio::test]
+async fn a_supervisor_whose_subject_looks_like_the_authors_cannot_approve_the_override() {
+    use safeguard::store::Store;
+    let mut app = spawn_app().await;
+    let pending = pending_override(&app, "case-1", Role::Supervisor).await;
+    let id = pending["id"].as_str().unwrap();
+    assert_eq!(pending["override"]["by"]["subject"], "sue-supervisor");
+    // A token issued before look-alike subjects were refused: "sue-supervisor" with a Cyrillic
+    // "е", which a record shows as the same person.
+    app.stop().await;
+    let (look_alike, record) = safeguard::auth::issue(Role::Supervisor, "sue-sup\u{435}rvisor");
+    {
+        let store =
+            safeguard::store::SledStore::open_existing(app.data_dir(), Default::default()).unwrap();
+        store.put_token(&record).unwrap();
+    }
+    let app = app.restart().await;
+    let path = format!("/v1/decisions/{id}/approve");
+
+    problem(
+        app.post_json_as(&path, &look_alike, Some(2), &json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "/problems/four-eyes",
+    )
+    .await;
+    assert_eq!(app.revisions(id).await.len(), 2);
+    // A supervisor whose subject reads differently approves it.
+    let response = app
+        .post_json_as(&path, &app.second_supervisor, Some(2), &json!({}))
+        .await;
+    let approved = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(approved["override"]["status"], "approved");
+}
+
+#[tokio::test]
 async fn another_supervisor_approves_an_override_and_its_level_takes_effect() {
     let app = spawn_app().await;
     let pending = pending_override(&app, "case-1", Role::Supervisor).await;
