@@ -248,17 +248,15 @@ fn run_on(
     }
 
     let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
-    for dir in plugin_case_dirs(root) {
-        // A plugin's cases are its files too: read only from inside its folder.
-        let Some(folder) = dir.parent() else { continue };
-        let inside = match crate::catalog::Folder::resolve(folder) {
-            Ok(inside) => inside,
-            Err(e) => {
-                report.case_errors.push(e);
-                continue;
-            }
-        };
-        for (id, mut more) in read_cases(&dir, Some(&inside), served, &mut report.case_errors) {
+    for inside in served.plugin_folders() {
+        // A plugin's cases are its files too: read only from inside its folder, as it was when
+        // the catalog read the plugin. Were a link to the folder moved since, the cases found
+        // through it are outside that place and refused, never run against the other version.
+        let dir = inside.shown().join("cases");
+        if !dir.is_dir() {
+            continue;
+        }
+        for (id, mut more) in read_cases(&dir, Some(inside), served, &mut report.case_errors) {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
     }
@@ -283,20 +281,6 @@ fn run_on(
         report.tools.push(check_tool(tool, cases));
     }
     report
-}
-
-/// `plugins/<name>/cases` for every plugin, in name order.
-fn plugin_case_dirs(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(root.join(crate::catalog::PLUGINS_DIR)) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path().join("cases"))
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 fn read_cases(

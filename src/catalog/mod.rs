@@ -87,6 +87,9 @@ pub struct Catalog {
     /// Ids whose files exist but did not load (only ever non-empty from `load_partial`).
     broken: BTreeSet<String>,
     root: PathBuf,
+    /// Each plugin's folder as it was resolved to read the plugin, in name order: `check` reads
+    /// the plugin's cases from the same place, not from wherever its path leads later.
+    plugin_folders: Vec<Folder>,
 }
 
 impl Catalog {
@@ -140,9 +143,11 @@ impl Catalog {
             .iter()
             .map(|(id, parts)| (id.clone(), parts.rules_source.clone()))
             .collect();
-        if plugins {
-            plugin::apply_all(root, &mut working, &core_sources, &mut broken, &mut errors);
-        }
+        let plugin_folders = if plugins {
+            plugin::apply_all(root, &mut working, &core_sources, &mut broken, &mut errors)
+        } else {
+            Vec::new()
+        };
 
         let plain = Arc::new(Sandbox::new(limits));
         let with_core = OnceCell::new();
@@ -179,6 +184,7 @@ impl Catalog {
             core_sources,
             broken,
             root: root.to_owned(),
+            plugin_folders,
         };
         (catalog, errors)
     }
@@ -213,6 +219,11 @@ impl Catalog {
     /// The folder the catalog was loaded from.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Each plugin's folder, as resolved when the catalog read it.
+    pub(crate) fn plugin_folders(&self) -> &[Folder] {
+        &self.plugin_folders
     }
 }
 
@@ -595,6 +606,7 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
 /// A plugin's folder as the kernel names it, resolved once for all of the plugin's files: a
 /// link to the folder swapped meanwhile does not move it, and each file's place is compared
 /// with a name from the same source (`/proc/self/fd`), not with another spelling of it.
+#[derive(Debug, Clone)]
 pub(crate) struct Folder {
     /// As the catalog names it, for messages.
     shown: PathBuf,
@@ -603,6 +615,11 @@ pub(crate) struct Folder {
 }
 
 impl Folder {
+    /// The folder as the catalog names it (`plugins/<name>`).
+    pub(crate) fn shown(&self) -> &Path {
+        &self.shown
+    }
+
     pub(crate) fn resolve(folder: &Path) -> Result<Folder, LoadError> {
         confined::Handle::resolve(folder)
             .and_then(|handle| handle.place())

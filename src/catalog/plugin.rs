@@ -82,17 +82,18 @@ pub(crate) struct ChangeFiles {
     pub rules: Option<PathBuf>,
 }
 
-/// Applies every plugin under `root/plugins`, in name order.
+/// Applies every plugin under `root/plugins`, in name order. Returns each plugin's folder as
+/// resolved for reading its files, applied or not, so its cases are read from the same place.
 pub(crate) fn apply_all(
     root: &Path,
     working: &mut BTreeMap<String, Parts>,
     core_sources: &BTreeMap<String, String>,
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
-) {
+) -> Vec<Folder> {
     let dir = root.join(PLUGINS_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
+        return Vec::new();
     };
     let mut folders: Vec<PathBuf> = entries
         .flatten()
@@ -117,12 +118,22 @@ pub(crate) fn apply_all(
         }
         has_manifest
     });
+    let mut resolved = Vec::new();
     for folder in folders {
+        // Every file of the plugin is read from inside the folder as resolved now.
+        let inside = match Folder::resolve(&folder) {
+            Ok(inside) => inside,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         let mut staged = working.clone();
         let mut plugin_broken = BTreeSet::new();
         let before = errors.len();
         apply_one(
             &folder,
+            &inside,
             &mut staged,
             core_sources,
             &mut plugin_broken,
@@ -135,26 +146,21 @@ pub(crate) fn apply_all(
             // than served with core values where local ones were meant.
             broken.extend(plugin_broken);
         }
+        resolved.push(inside);
     }
+    resolved
 }
 
 fn apply_one(
     folder: &Path,
+    inside: &Folder,
     working: &mut BTreeMap<String, Parts>,
     core_sources: &BTreeMap<String, String>,
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
 ) {
     let manifest_path = folder.join(MANIFEST);
-    // Every file of the plugin is read from inside the folder as resolved now.
-    let inside = match Folder::resolve(folder) {
-        Ok(inside) => inside,
-        Err(e) => {
-            errors.push(e);
-            return;
-        }
-    };
-    let Some(text) = read(&manifest_path, Some(&inside), errors) else {
+    let Some(text) = read(&manifest_path, Some(inside), errors) else {
         return;
     };
     let manifest: Manifest = match toml::from_str(&text) {
@@ -193,7 +199,7 @@ fn apply_one(
         &folder.join(SCHEMA_DIR),
         &folder.join(RULES_DIR),
         &source,
-        Some(&inside),
+        Some(inside),
         &replacements,
         broken,
         errors,
@@ -265,7 +271,7 @@ fn apply_one(
             Some(path)
         };
         if let Some(path) = place("schema_patch", &over.schema_patch, errors) {
-            if let Some(text) = read(&path, Some(&inside), errors) {
+            if let Some(text) = read(&path, Some(inside), errors) {
                 match serde_json::from_str(&text) {
                     Ok(patch) => change.schema_patch = Some(patch),
                     Err(e) => errors.push(
@@ -277,7 +283,7 @@ fn apply_one(
             files.schema_patch = Some(path);
         }
         if let Some(path) = place("rules", &over.rules, errors) {
-            change.rules = read(&path, Some(&inside), errors);
+            change.rules = read(&path, Some(inside), errors);
             files.rules = Some(path);
         }
         let before = errors.len();

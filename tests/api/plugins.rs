@@ -751,6 +751,52 @@ fn medium_at_8_pinning_7_at(root: &Path, level: &str) {
     );
 }
 
+#[test]
+fn check_reads_a_plugin_s_cases_only_from_the_folder_its_tools_were_read_from() {
+    // Two versions of one plugin, reached through a link, as a deployment might swap them: both
+    // move medium to 8; the first pins a score of 7 at low (right), the second at medium.
+    let root = catalog_copy(false);
+    let versions = tempfile::tempdir().unwrap();
+    for (version, level) in [("first", "low"), ("second", "medium")] {
+        medium_at_8_pinning_7_at(root.path(), level);
+        std::fs::rename(
+            root.path().join("plugins").join(PLUGIN),
+            versions.path().join(version),
+        )
+        .unwrap();
+    }
+    let link = root.path().join("plugins").join(PLUGIN);
+    std::os::unix::fs::symlink(versions.path().join("first"), &link).unwrap();
+    let (served, load_errors) =
+        Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
+    assert!(load_errors.is_empty(), "{load_errors:?}");
+    let plugin_cases = |report: &check::Report| {
+        let version = report
+            .tool_from(TOOL, &format!("plugin:{PLUGIN}"))
+            .expect("the plugin's version is reported");
+        (version.cases.len(), version.failed())
+    };
+    let before = check::run_against(root.path(), &served);
+    assert!(before.case_errors.is_empty(), "{before}");
+    assert_eq!(plugin_cases(&before), (1, 0), "{before}");
+
+    // The link moves after the catalog was read, before its cases are.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(versions.path().join("second"), &link).unwrap();
+    let report = check::run_against(root.path(), &served);
+
+    // The second version's case is refused, not run against the first version's tools.
+    assert!(!report.passed(), "{report}");
+    assert_eq!(report.case_errors.len(), 1, "{report}");
+    assert!(
+        report.case_errors[0]
+            .message
+            .contains("outside the plugin folder"),
+        "{report}"
+    );
+    assert_eq!(plugin_cases(&report), (0, 0), "{report}");
+}
+
 #[tokio::test]
 async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps_serving() {
     let root = recalibrated(7);
