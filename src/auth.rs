@@ -2,6 +2,8 @@
 //! stored. A 256-bit random secret needs no salt or slow hash: nothing about it can be guessed,
 //! and the hash alone does not let anyone present it.
 
+use std::collections::HashMap;
+
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -237,49 +239,83 @@ pub fn has_words(text: &str) -> bool {
         .any(|c| c.is_alphanumeric() && !is_invisible(c))
 }
 
-/// What a subject looks like, whatever characters draw it: Unicode's confusable skeleton (UTS #39
-/// section 4), in which "pat" with a Cyrillic "а", "PAT" with a Greek capital alpha, "Arnie" and
-/// "Amie" ("rn" and "m"), or "Bill" and "BiII" come out the same.
-fn likeness(subject: &str) -> String {
-    unicode_security::skeleton(subject).collect()
+/// What a subject looks like, whatever characters draw it and in whichever case: Unicode's
+/// confusable skeleton (UTS #39 section 4) of its NFKC form, in which "pat" with a Cyrillic "а",
+/// "Ⓟat", "Arnie" and "Amie" ("rn" and "m"), or "Bill" and "BiII" come out the same. Two forms,
+/// since case and look-alikes cross: "I" reads as "l" (the skeleton, then lower case) and as
+/// the capital of "i" (lower case, then the skeleton); two subjects look the same when either
+/// form is the same. Only look-alikes that Unicode's confusables data lists are told: it does
+/// not hold every pair a font may draw alike.
+fn likeness(subject: &str) -> [String; 2] {
+    use unicode_security::skeleton;
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc().normalize(subject);
+    let seen: String = skeleton(&nfkc).collect();
+    [
+        skeleton(&seen.to_lowercase()).collect(),
+        skeleton(&nfkc.to_lowercase()).collect(),
+    ]
 }
 
 /// Whether two subjects could be read as one holder's: the same text, or texts that look the
 /// same. Four eyes ask this of the override's author and its approver, so two tokens issued
 /// before look-alikes were refused (below) still cannot approve each other's overrides.
 pub fn same_holder(a: &str, b: &str) -> bool {
-    a == b || likeness(a) == likeness(b)
+    let (a_look, b_look) = (likeness(a), likeness(b));
+    a == b || a_look.iter().zip(&b_look).any(|(a, b)| a == b)
+}
+
+/// The tokens on record as today's rules see them: each, oldest first, with why its subject
+/// would be refused now (by [`check_subject`], or for looking like the subject of a token made
+/// before it that is not refused), and for each likeness the first subject taken with it.
+struct Standing<'a> {
+    by_age: Vec<(&'a TokenRecord, Option<String>)>,
+    /// For each of the two forms of [`likeness`], the first subject taken that has it.
+    first_by_look: [HashMap<String, &'a TokenRecord>; 2],
+}
+
+impl<'a> Standing<'a> {
+    fn of(records: &'a [TokenRecord]) -> Self {
+        let mut sorted: Vec<&TokenRecord> = records.iter().collect();
+        sorted.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
+        let mut standing = Standing {
+            by_age: Vec::with_capacity(sorted.len()),
+            first_by_look: [HashMap::new(), HashMap::new()],
+        };
+        for record in sorted {
+            let why = check_subject(&record.subject).err().or_else(|| {
+                let looks = likeness(&record.subject);
+                if let Some(first) = standing.first_with(&looks, &record.subject) {
+                    return Some(looks_like(first));
+                }
+                for (firsts, look) in standing.first_by_look.iter_mut().zip(looks) {
+                    firsts.entry(look).or_insert(record);
+                }
+                None
+            });
+            standing.by_age.push((record, why));
+        }
+        standing
+    }
+
+    /// The first subject taken that looks like one of `looks` without being `subject`.
+    fn first_with(&self, looks: &[String; 2], subject: &str) -> Option<&'a TokenRecord> {
+        self.first_by_look
+            .iter()
+            .zip(looks)
+            .filter_map(|(firsts, look)| firsts.get(look).copied())
+            .find(|first| first.subject != subject)
+    }
 }
 
 /// The token on record, in use or revoked, whose subject looks the same as `subject` without
 /// being it. A new token may not be issued under such a subject: the actor of every revision is
 /// its subject, and a reader of the record could not tell the two holders apart. The same
-/// subject is fine: one holder may have several tokens. A subject that [`check_subject`] refuses
-/// (one from before its rules) does not count: its holder is reissued under the subject that
-/// looks the same and passes, which is what `serve` advises.
+/// subject is fine: one holder may have several tokens. Only a token whose subject today's rules
+/// take stands in the way ([`refused_subjects`] names the others): the holder of a subject from
+/// before them is reissued under the subject that looks the same and is taken, as `serve`
+/// advises.
 pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<&'a TokenRecord> {
-    let look = likeness(subject);
-    records.iter().find(|r| {
-        stands_in_the_way(
-            &r.subject,
-            &likeness(&r.subject),
-            check_subject(&r.subject).is_ok(),
-            subject,
-            &look,
-        )
-    })
-}
-
-/// Whether a subject on record (with its likeness, and whether today's rules take it) keeps
-/// `subject` (with its likeness) from a new token: the rule of [`look_alike`].
-fn stands_in_the_way(
-    held: &str,
-    held_look: &str,
-    held_passes: bool,
-    subject: &str,
-    look: &str,
-) -> bool {
-    held_passes && held != subject && held_look == look
+    Standing::of(records).first_with(&likeness(subject), subject)
 }
 
 /// Why a subject that looks the same as `existing`'s is refused, and what to do instead.
@@ -291,39 +327,16 @@ pub fn looks_like(existing: &TokenRecord) -> String {
     )
 }
 
-/// The tokens still in use whose subjects would be refused today, each with why: by
-/// [`check_subject`], or by [`look_alike`] against the tokens made before it. Made before
-/// today's rules, they are kept (the subject is on record) and worth reissuing. `serve` logs
-/// them at start and `token list` prints them.
+/// The tokens still in use whose subjects would be refused today, oldest first, each with why:
+/// by [`check_subject`], or for looking like the subject of an earlier token that is not
+/// refused. Made before today's rules, they are kept (the subject is on record) and worth
+/// reissuing. `serve` logs them at start and `token list` prints them.
 pub fn refused_subjects(records: &[TokenRecord]) -> Vec<(&TokenRecord, String)> {
-    let mut by_age: Vec<&TokenRecord> = records.iter().collect();
-    by_age.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
-    let looks: Vec<String> = by_age.iter().map(|r| likeness(&r.subject)).collect();
-    let refused: Vec<Option<String>> = by_age
-        .iter()
-        .map(|r| check_subject(&r.subject).err())
-        .collect();
-    by_age
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.revoked_at.is_none())
-        .filter_map(|(i, r)| {
-            let earlier = || {
-                (0..i)
-                    .find(|&j| {
-                        let held = by_age[j];
-                        stands_in_the_way(
-                            &held.subject,
-                            &looks[j],
-                            refused[j].is_none(),
-                            &r.subject,
-                            &looks[i],
-                        )
-                    })
-                    .map(|j| looks_like(by_age[j]))
-            };
-            refused[i].clone().or_else(earlier).map(|why| (*r, why))
-        })
+    Standing::of(records)
+        .by_age
+        .into_iter()
+        .filter(|(record, _)| record.revoked_at.is_none())
+        .filter_map(|(record, why)| why.map(|why| (record, why)))
         .collect()
 }
 
@@ -624,15 +637,20 @@ mod tests {
             ("Amie", &arnie),                  // "rn" for "m", and revoked: still on record
             ("BiII Smith", &bill),             // capital i for l
             ("Bi\u{4cf}\u{4cf} Smith", &bill), // Cyrillic palochkas, drawn as l
+            ("Pat", &pat),                     // another case
+            ("BILL SMITH", &bill),
+            ("bi11 smith", &bill), // digits one for l
         ] {
             assert_eq!(look_alike(&records, subject), Some(like), "{subject:?}");
             assert!(same_holder(subject, &like.subject), "{subject:?}");
         }
         // The same subject is the same holder, and subjects that read differently are others.
-        for other in ["pat", "Pat", "pam", "Arne", "Bill Smyth", "Zo\u{eb}"] {
+        for other in ["pat", "pam", "Arne", "Bill Smyth", "Zo\u{eb}"] {
             assert_eq!(look_alike(&records, other), None, "{other:?}");
         }
-        assert!(!same_holder("pat", "Pat"));
+        assert!(!same_holder("pat", "pam"));
+        // Subjects from before NFKC was required are compared in it: a circled P is a P.
+        assert!(same_holder("\u{24c5}at", "Pat"));
         // A subject from before today's rules ("Zoë" decomposed) keeps no one from the form that
         // passes: its holder is reissued under it.
         let (_, mut legacy) = issue(Role::Supervisor, "Zoe");
@@ -652,7 +670,7 @@ mod tests {
         let first = made_at("sue", "2026-01-01T00:00:00Z");
         let later = made_at("s\u{1d1c}e", "2026-02-01T00:00:00Z"); // a small capital U
         let other = made_at("sam", "2026-03-01T00:00:00Z");
-        let mut revoked = made_at("s\u{443}e", "2026-04-01T00:00:00Z"); // a Cyrillic u
+        let mut revoked = made_at("s\u{57d}e", "2026-04-01T00:00:00Z"); // an Armenian seh
         revoked.revoked_at = Some("2026-05-01T00:00:00Z".into());
         assert!(same_holder("sue", &later.subject));
 
@@ -677,6 +695,11 @@ mod tests {
         assert!(refused[0].1.contains("NFKC"), "{}", refused[0].1);
         assert_eq!(refused[1].0, &later);
         assert!(refused[1].1.contains(first.id()), "{}", refused[1].1);
+        // Only the first of a look-alike pair stands in the way of a new token: its holder's
+        // next one is taken, another holder's is not, whichever of the pair is named.
+        assert_eq!(look_alike(&records, "sue"), None);
+        assert_eq!(look_alike(&records, &later.subject), Some(&first));
+        assert_eq!(look_alike(&records, &revoked.subject), Some(&first));
     }
 
     #[test]

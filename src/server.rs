@@ -156,7 +156,9 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Creates a token, stores its hash durably and accepts it at once; returns the token.
+    /// Creates a token, stores its hash durably and accepts it at once; returns the token. The
+    /// subject is not checked (`auth::check_subject`, `auth::look_alike`): for tests and other
+    /// callers that choose it themselves.
     pub fn add_token(&self, role: Role, subject: &str) -> Result<String, StoreError> {
         let (token, record) = auth::issue(role, subject);
         self.keep_token(record)?;

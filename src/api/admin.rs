@@ -205,7 +205,7 @@ pub async fn tokens_list(
         (status = 400, description = "Malformed request, or a subject that is blank, too long, has control or invisible characters (a joiner out of place among them), edge, doubled or unusual spaces, or is not in NFKC", body = super::Problem, content_type = "application/problem+json"),
         super::TokenProblems,
         (status = 403, description = "Not an admin", body = super::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The subject looks the same as another token's (in use or revoked) without being it: Unicode's confusables (UTS #39), such as a Cyrillic letter for a Latin one, or \"rn\" for \"m\"", body = super::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The subject looks the same as another token's (in use or revoked) without being it: Unicode's confusables (UTS #39), such as a Cyrillic letter for a Latin one, \"rn\" for \"m\", or another case", body = super::Problem, content_type = "application/problem+json"),
         super::BodyProblems,
         super::WriteProblems,
 ))]

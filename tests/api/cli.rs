@@ -661,4 +661,11 @@ fn token_create_refuses_a_subject_that_looks_like_one_on_record_and_list_names_o
     assert_eq!(flagged.len(), 1, "{flagged:?}");
     assert!(flagged[0].contains(old.id()), "{flagged:?}");
     assert!(flagged[0].contains("looks the same"), "{flagged:?}");
+    // The first of the pair still takes new tokens, and the later one's subject still does not.
+    assert!(create("Arnie").status.success());
+    assert!(!create("Amie").status.success());
+    assert!(
+        !create("ARNIE").status.success(),
+        "another case looks the same"
+    );
 }
