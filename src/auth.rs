@@ -2,7 +2,7 @@
 //! stored. A 256-bit random secret needs no salt or slow hash: nothing about it can be guessed,
 //! and the hash alone does not let anyone present it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -265,12 +265,15 @@ pub fn same_holder(a: &str, b: &str) -> bool {
 }
 
 /// The tokens on record as today's rules see them: each, oldest first, with why its subject
-/// would be refused now (by [`check_subject`], or for looking like the subject of a token made
-/// before it that is not refused), and for each likeness the first subject taken with it.
+/// would be refused were it made now, after those before it ([`check_subject`], or
+/// [`look_alike`]); and what a new subject is compared with.
 struct Standing<'a> {
     by_age: Vec<(&'a TokenRecord, Option<String>)>,
-    /// For each of the two forms of [`likeness`], the first subject taken that has it.
-    first_by_look: [HashMap<String, &'a TokenRecord>; 2],
+    /// The subjects taken: a new token under one of them is its holder's next.
+    taken: HashSet<&'a str>,
+    /// For each of the two forms of [`likeness`], the subjects on record with it that
+    /// [`check_subject`] takes, the first token of each.
+    by_look: [HashMap<String, Vec<&'a TokenRecord>>; 2],
 }
 
 impl<'a> Standing<'a> {
@@ -279,57 +282,69 @@ impl<'a> Standing<'a> {
         sorted.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)));
         let mut standing = Standing {
             by_age: Vec::with_capacity(sorted.len()),
-            first_by_look: [HashMap::new(), HashMap::new()],
+            taken: HashSet::new(),
+            by_look: [HashMap::new(), HashMap::new()],
         };
         for record in sorted {
             let why = check_subject(&record.subject).err().or_else(|| {
                 let looks = likeness(&record.subject);
-                if let Some(first) = standing.first_with(&looks, &record.subject) {
-                    return Some(looks_like(first));
+                let why = standing.in_the_way(&looks, &record.subject).map(looks_like);
+                for (by_look, look) in standing.by_look.iter_mut().zip(looks) {
+                    let alike = by_look.entry(look).or_default();
+                    if !alike.iter().any(|r| r.subject == record.subject) {
+                        alike.push(record);
+                    }
                 }
-                for (firsts, look) in standing.first_by_look.iter_mut().zip(looks) {
-                    firsts.entry(look).or_insert(record);
+                if why.is_none() {
+                    standing.taken.insert(&record.subject);
                 }
-                None
+                why
             });
             standing.by_age.push((record, why));
         }
         standing
     }
 
-    /// The first subject taken that looks like one of `looks` without being `subject`.
-    fn first_with(&self, looks: &[String; 2], subject: &str) -> Option<&'a TokenRecord> {
-        self.first_by_look
+    /// The first token on record whose subject looks like `subject` (with its `looks`)
+    /// without being it, unless `subject` is taken.
+    fn in_the_way(&self, looks: &[String; 2], subject: &str) -> Option<&'a TokenRecord> {
+        if self.taken.contains(subject) {
+            return None;
+        }
+        self.by_look
             .iter()
             .zip(looks)
-            .filter_map(|(firsts, look)| firsts.get(look).copied())
-            .find(|first| first.subject != subject)
+            .filter_map(|(by_look, look)| by_look.get(look))
+            .flatten()
+            .copied()
+            .filter(|r| r.subject != subject)
+            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)))
     }
 }
 
 /// The token on record, in use or revoked, whose subject looks the same as `subject` without
 /// being it. A new token may not be issued under such a subject: the actor of every revision is
-/// its subject, and a reader of the record could not tell the two holders apart. The same
-/// subject is fine: one holder may have several tokens. Only a token whose subject today's rules
-/// take stands in the way ([`refused_subjects`] names the others): the holder of a subject from
-/// before them is reissued under the subject that looks the same and is taken, as `serve`
+/// its subject, and a reader of the record could not tell the two holders apart. A subject
+/// taken before is fine, whatever looks like it since: one holder may have several tokens. A
+/// subject that [`check_subject`] refuses (one from before its rules) stands in no one's way:
+/// its holder is reissued under the subject that looks the same and is taken, as `serve`
 /// advises.
 pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<&'a TokenRecord> {
-    Standing::of(records).first_with(&likeness(subject), subject)
+    Standing::of(records).in_the_way(&likeness(subject), subject)
 }
 
 /// Why a subject that looks the same as `existing`'s is refused, and what to do instead.
 pub fn looks_like(existing: &TokenRecord) -> String {
     format!(
-        "the subject looks the same as {:?}, the subject of token {}: a record could not tell their holders apart. Give the same holder exactly that subject, or another holder a subject that reads differently (with a surname or a staff number)",
+        "the subject looks the same as {:?}, the subject of token {}: a record could not tell their holders apart. For another token of someone who has one, use exactly the subject they have; otherwise choose a subject that reads differently (with a surname or a staff number)",
         existing.subject,
         existing.id()
     )
 }
 
 /// The tokens still in use whose subjects would be refused today, oldest first, each with why:
-/// by [`check_subject`], or for looking like the subject of an earlier token that is not
-/// refused. Made before today's rules, they are kept (the subject is on record) and worth
+/// by [`check_subject`], or by [`look_alike`] against the tokens made before it. Made before
+/// today's rules, they are kept (the subject is on record) and worth
 /// reissuing. `serve` logs them at start and `token list` prints them.
 pub fn refused_subjects(records: &[TokenRecord]) -> Vec<(&TokenRecord, String)> {
     Standing::of(records)
@@ -700,6 +715,15 @@ mod tests {
         assert_eq!(look_alike(&records, "sue"), None);
         assert_eq!(look_alike(&records, &later.subject), Some(&first));
         assert_eq!(look_alike(&records, &revoked.subject), Some(&first));
+
+        // Looks do not chain, so each token on record is compared: "KAI", made before the rule,
+        // reads as "Kal" (I for l) and as "Kai" (case), which do not read as each other.
+        let kal = made_at("Kal", "2026-01-01T00:00:00Z");
+        let kai_upper = made_at("KAI", "2026-02-01T00:00:00Z");
+        let records = [kal.clone(), kai_upper.clone()];
+        assert_eq!(refused_subjects(&records).len(), 1);
+        assert_eq!(look_alike(&records, "Kai"), Some(&kai_upper));
+        assert_eq!(look_alike(&records, "Kal"), None);
     }
 
     #[test]

@@ -238,7 +238,8 @@ fn run_on(
     }
     let wanted = |id: &str| only.is_none_or(|only| only == id);
 
-    let core_cases = read_cases(&root.join(CASES_DIR), None, &core, &mut report.case_errors);
+    let core_dir = root.join(CASES_DIR);
+    let core_cases = read_cases(&core_dir, &core_dir, None, &core, &mut report.case_errors);
     for tool in core.tools().filter(|t| wanted(t.id())) {
         let cases = core_cases
             .get(tool.id())
@@ -249,14 +250,17 @@ fn run_on(
 
     let mut plugin_cases: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
     for inside in served.plugin_folders() {
-        // A plugin's cases are its files too: read only from inside its folder, as it was when
-        // the catalog read the plugin. Were a link to the folder moved since, the cases found
-        // through it are outside that place and refused, never run against the other version.
-        let dir = inside.shown().join("cases");
+        // A plugin's cases are its files too: found through the very folder the catalog read
+        // the plugin from, whatever its path names now (a link to it moved, the folder renamed
+        // or replaced), so they are the cases of the version whose tools they are run against;
+        // and read only from inside it.
+        let dir = inside.through().join("cases");
         if !dir.is_dir() {
             continue;
         }
-        for (id, mut more) in read_cases(&dir, Some(inside), served, &mut report.case_errors) {
+        let shown = inside.shown().join("cases");
+        let found = read_cases(&dir, &shown, Some(inside), served, &mut report.case_errors);
+        for (id, mut more) in found {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
     }
@@ -283,8 +287,11 @@ fn run_on(
     report
 }
 
+/// The cases in `dir`, one folder per tool, by tool id; each named by its path under `shown`
+/// (the same folder as people name it: `dir` may be a path through a folder held open).
 fn read_cases(
     dir: &Path,
+    shown: &Path,
     confine: Option<&crate::catalog::Folder>,
     catalog: &Catalog,
     errors: &mut Vec<LoadError>,
@@ -301,26 +308,28 @@ fn read_cases(
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
+        let shown_dir = shown.join(&id);
         if catalog.get(&id).is_none() {
             if !catalog.failed_to_load(&id) {
                 errors.push(error(
-                    &tool_dir,
+                    &shown_dir,
                     None,
                     format!("cases for {id:?}, which is not a tool in the catalog"),
                 ));
             }
             continue;
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&tool_dir)
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&tool_dir)
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+            .map(|e| e.file_name())
+            .filter(|n| Path::new(n).extension().and_then(|e| e.to_str()) == Some("json"))
             .collect();
-        files.sort();
-        for file in files {
-            let text = match crate::catalog::read_text(&file, confine) {
+        names.sort();
+        for name in names {
+            let file = shown_dir.join(&name);
+            let text = match crate::catalog::read_text(&tool_dir.join(&name), confine) {
                 Ok(text) => text,
                 Err(message) => {
                     errors.push(error(&file, None, message));

@@ -587,8 +587,12 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
         return std::fs::read_to_string(path).map_err(cannot);
     };
     let handle = confined::Handle::resolve(path).map_err(cannot)?;
+    let inside = folder
+        .handle
+        .place()
+        .map_err(|e| format!("cannot tell where the plugin folder is now: {e}"))?;
     match handle.place() {
-        Ok(place) if place.starts_with(&folder.place) => {}
+        Ok(place) if place.starts_with(&inside) => {}
         Ok(_) => {
             return Err(format!(
                 "is a link to a file outside the plugin folder {} (or the folder was moved while it was read): a plugin's files must be inside its folder",
@@ -603,15 +607,17 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
     handle.read_to_string().map_err(cannot)
 }
 
-/// A plugin's folder as the kernel names it, resolved once for all of the plugin's files: a
-/// link to the folder swapped meanwhile does not move it, and each file's place is compared
-/// with a name from the same source (`/proc/self/fd`), not with another spelling of it.
+/// A plugin's folder, resolved once for all of the plugin's files and held: each file's place
+/// is compared with the place of the folder held, both named by the kernel (`/proc/self/fd`),
+/// not with another spelling of them, and files can be read through the folder held
+/// ([`Folder::through`]) whatever its path names later (a link to it moved, the folder itself
+/// renamed or replaced).
 #[derive(Debug, Clone)]
 pub(crate) struct Folder {
     /// As the catalog names it, for messages.
     shown: PathBuf,
-    /// Where it is, every link resolved.
-    place: PathBuf,
+    /// The folder itself, opened for nothing (`O_PATH`).
+    handle: Arc<confined::Handle>,
 }
 
 impl Folder {
@@ -620,12 +626,18 @@ impl Folder {
         &self.shown
     }
 
+    /// A path to the folder held (`/proc/self/fd/N`), through which its files are found as they
+    /// are in it, wherever it is now.
+    pub(crate) fn through(&self) -> PathBuf {
+        self.handle.proc_path()
+    }
+
     pub(crate) fn resolve(folder: &Path) -> Result<Folder, LoadError> {
         confined::Handle::resolve(folder)
-            .and_then(|handle| handle.place())
-            .map(|place| Folder {
+            .and_then(|handle| handle.place().map(|_| handle))
+            .map(|handle| Folder {
                 shown: folder.to_owned(),
-                place,
+                handle: Arc::new(handle),
             })
             .map_err(|e| {
                 LoadError::new(
@@ -643,6 +655,7 @@ mod confined {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::{Path, PathBuf};
 
+    #[derive(Debug)]
     pub(super) struct Handle(std::fs::File);
 
     impl Handle {
@@ -656,7 +669,7 @@ mod confined {
                 .map(Handle)
         }
 
-        fn proc_path(&self) -> PathBuf {
+        pub(super) fn proc_path(&self) -> PathBuf {
             PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
         }
 

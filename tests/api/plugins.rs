@@ -752,9 +752,9 @@ fn medium_at_8_pinning_7_at(root: &Path, level: &str) {
 }
 
 #[test]
-fn check_reads_a_plugin_s_cases_only_from_the_folder_its_tools_were_read_from() {
-    // Two versions of one plugin, reached through a link, as a deployment might swap them: both
-    // move medium to 8; the first pins a score of 7 at low (right), the second at medium.
+fn check_runs_the_cases_of_the_plugin_version_whose_tools_it_read() {
+    // Two versions of one plugin, as a deployment might swap them: both move medium to 8; the
+    // first pins a score of 7 at low (right for it), the second at medium (wrong for the first).
     let root = catalog_copy(false);
     let versions = tempfile::tempdir().unwrap();
     for (version, level) in [("first", "low"), ("second", "medium")] {
@@ -765,36 +765,51 @@ fn check_reads_a_plugin_s_cases_only_from_the_folder_its_tools_were_read_from() 
         )
         .unwrap();
     }
-    let link = root.path().join("plugins").join(PLUGIN);
-    std::os::unix::fs::symlink(versions.path().join("first"), &link).unwrap();
-    let (served, load_errors) =
-        Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
-    assert!(load_errors.is_empty(), "{load_errors:?}");
     let plugin_cases = |report: &check::Report| {
         let version = report
             .tool_from(TOOL, &format!("plugin:{PLUGIN}"))
             .expect("the plugin's version is reported");
+        assert!(report.case_errors.is_empty(), "{report}");
         (version.cases.len(), version.failed())
     };
-    let before = check::run_against(root.path(), &served);
-    assert!(before.case_errors.is_empty(), "{before}");
-    assert_eq!(plugin_cases(&before), (1, 0), "{before}");
+    let load = || {
+        let (served, errors) =
+            Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        served
+    };
+    let place = root.path().join("plugins").join(PLUGIN);
 
-    // The link moves after the catalog was read, before its cases are.
-    std::fs::remove_file(&link).unwrap();
-    std::os::unix::fs::symlink(versions.path().join("second"), &link).unwrap();
-    let report = check::run_against(root.path(), &served);
-
-    // The second version's case is refused, not run against the first version's tools.
-    assert!(!report.passed(), "{report}");
-    assert_eq!(report.case_errors.len(), 1, "{report}");
-    assert!(
-        report.case_errors[0]
-            .message
-            .contains("outside the plugin folder"),
-        "{report}"
+    // Reached through a link, which moves to the second version after the catalog is read.
+    std::os::unix::fs::symlink(versions.path().join("first"), &place).unwrap();
+    let served = load();
+    assert_eq!(
+        plugin_cases(&check::run_against(root.path(), &served)),
+        (1, 0)
     );
-    assert_eq!(plugin_cases(&report), (0, 0), "{report}");
+    std::fs::remove_file(&place).unwrap();
+    std::os::unix::fs::symlink(versions.path().join("second"), &place).unwrap();
+    // The first version's case ran against the first version's tools, not the second's case.
+    assert_eq!(
+        plugin_cases(&check::run_against(root.path(), &served)),
+        (1, 0)
+    );
+    // Read afresh, the second version fails its own case.
+    assert_eq!(
+        plugin_cases(&check::run_against(root.path(), &load())),
+        (1, 1)
+    );
+
+    // A real folder, moved away and replaced by the other version after the catalog is read.
+    std::fs::remove_file(&place).unwrap();
+    std::fs::rename(versions.path().join("first"), &place).unwrap();
+    let served = load();
+    std::fs::rename(&place, versions.path().join("first")).unwrap();
+    std::fs::rename(versions.path().join("second"), &place).unwrap();
+    assert_eq!(
+        plugin_cases(&check::run_against(root.path(), &served)),
+        (1, 0)
+    );
 }
 
 #[tokio::test]
