@@ -288,7 +288,9 @@ impl<'a> Standing<'a> {
         for record in sorted {
             let why = check_subject(&record.subject).err().or_else(|| {
                 let looks = likeness(&record.subject);
-                let why = standing.in_the_way(&looks, &record.subject).map(looks_like);
+                let why = standing
+                    .in_the_way(&looks, &record.subject)
+                    .map(|alike| alike.why());
                 for (by_look, look) in standing.by_look.iter_mut().zip(looks) {
                     let alike = by_look.entry(look).or_default();
                     if !alike.iter().any(|r| r.subject == record.subject) {
@@ -305,9 +307,9 @@ impl<'a> Standing<'a> {
         standing
     }
 
-    /// The first token on record whose subject looks like `subject` (with its `looks`)
-    /// without being it, unless `subject` is taken.
-    fn in_the_way(&self, looks: &[String; 2], subject: &str) -> Option<&'a TokenRecord> {
+    /// The token on record whose subject looks like `subject` (with its `looks`) without being
+    /// it, unless `subject` is taken: the oldest with a subject taken, else the oldest.
+    fn in_the_way(&self, looks: &[String; 2], subject: &str) -> Option<LookAlike<'a>> {
         if self.taken.contains(subject) {
             return None;
         }
@@ -318,7 +320,41 @@ impl<'a> Standing<'a> {
             .flatten()
             .copied()
             .filter(|r| r.subject != subject)
-            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.hash.cmp(&b.hash)))
+            .map(|record| LookAlike {
+                record,
+                taken: self.taken.contains(record.subject.as_str()),
+            })
+            .min_by(|a, b| {
+                (!a.taken, &a.record.created_at, &a.record.hash).cmp(&(
+                    !b.taken,
+                    &b.record.created_at,
+                    &b.record.hash,
+                ))
+            })
+    }
+}
+
+/// A token on record whose subject looks the same as a new one's: see [`look_alike`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookAlike<'a> {
+    pub record: &'a TokenRecord,
+    /// Whether its subject is taken, or is itself named at start for looking like another.
+    pub taken: bool,
+}
+
+impl LookAlike<'_> {
+    /// Why the new subject is refused, and what to do instead.
+    pub fn why(&self) -> String {
+        let advice = if self.taken {
+            "For another token of its holder, use exactly that subject; for anyone else, choose a subject that reads differently (with a surname or a staff number)"
+        } else {
+            "That subject is itself refused today, for looking like an older one: choose a subject that reads differently from both (with a surname or a staff number)"
+        };
+        format!(
+            "the subject looks the same as {:?}, the subject of token {}: a record could not tell their holders apart. {advice}",
+            self.record.subject,
+            self.record.id()
+        )
     }
 }
 
@@ -329,17 +365,8 @@ impl<'a> Standing<'a> {
 /// subject that [`check_subject`] refuses (one from before its rules) stands in no one's way:
 /// its holder is reissued under the subject that looks the same and is taken, as `serve`
 /// advises.
-pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<&'a TokenRecord> {
+pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<LookAlike<'a>> {
     Standing::of(records).in_the_way(&likeness(subject), subject)
-}
-
-/// Why a subject that looks the same as `existing`'s is refused, and what to do instead.
-pub fn looks_like(existing: &TokenRecord) -> String {
-    format!(
-        "the subject looks the same as {:?}, the subject of token {}: a record could not tell their holders apart. For another token of someone who has one, use exactly the subject they have; otherwise choose a subject that reads differently (with a surname or a staff number)",
-        existing.subject,
-        existing.id()
-    )
 }
 
 /// The tokens still in use whose subjects would be refused today, oldest first, each with why:
@@ -656,12 +683,13 @@ mod tests {
             ("BILL SMITH", &bill),
             ("bi11 smith", &bill), // digits one for l
         ] {
-            assert_eq!(look_alike(&records, subject), Some(like), "{subject:?}");
+            let alike = look_alike(&records, subject).map(|a| a.record);
+            assert_eq!(alike, Some(like), "{subject:?}");
             assert!(same_holder(subject, &like.subject), "{subject:?}");
         }
         // The same subject is the same holder, and subjects that read differently are others.
         for other in ["pat", "pam", "Arne", "Bill Smyth", "Zo\u{eb}"] {
-            assert_eq!(look_alike(&records, other), None, "{other:?}");
+            assert!(look_alike(&records, other).is_none(), "{other:?}");
         }
         assert!(!same_holder("pat", "pam"));
         // Subjects from before NFKC was required are compared in it: a circled P is a P.
@@ -670,10 +698,11 @@ mod tests {
         // passes: its holder is reissued under it.
         let (_, mut legacy) = issue(Role::Supervisor, "Zoe");
         legacy.subject = "Zoe\u{308}".into();
-        assert_eq!(look_alike(std::slice::from_ref(&legacy), "Zo\u{eb}"), None);
+        assert!(look_alike(std::slice::from_ref(&legacy), "Zo\u{eb}").is_none());
         assert!(same_holder("Zo\u{eb}", &legacy.subject));
-        assert!(looks_like(&pat).contains("\"pat\""));
-        assert!(looks_like(&pat).contains(pat.id()));
+        let why = look_alike(&records, "p\u{430}t").unwrap().why();
+        assert!(why.contains("\"pat\"") && why.contains(pat.id()), "{why}");
+        assert!(why.contains("use exactly that subject"), "{why}");
     }
 
     #[test]
@@ -712,9 +741,10 @@ mod tests {
         assert!(refused[1].1.contains(first.id()), "{}", refused[1].1);
         // Only the first of a look-alike pair stands in the way of a new token: its holder's
         // next one is taken, another holder's is not, whichever of the pair is named.
-        assert_eq!(look_alike(&records, "sue"), None);
-        assert_eq!(look_alike(&records, &later.subject), Some(&first));
-        assert_eq!(look_alike(&records, &revoked.subject), Some(&first));
+        let alike = |subject: &str| look_alike(&records, subject).map(|a| a.record);
+        assert_eq!(alike("sue"), None);
+        assert_eq!(alike(&later.subject), Some(&first));
+        assert_eq!(alike(&revoked.subject), Some(&first));
 
         // Looks do not chain, so each token on record is compared: "KAI", made before the rule,
         // reads as "Kal" (I for l) and as "Kai" (case), which do not read as each other.
@@ -722,8 +752,10 @@ mod tests {
         let kai_upper = made_at("KAI", "2026-02-01T00:00:00Z");
         let records = [kal.clone(), kai_upper.clone()];
         assert_eq!(refused_subjects(&records).len(), 1);
-        assert_eq!(look_alike(&records, "Kai"), Some(&kai_upper));
-        assert_eq!(look_alike(&records, "Kal"), None);
+        let kai = look_alike(&records, "Kai").unwrap();
+        assert_eq!((kai.record, kai.taken), (&kai_upper, false));
+        assert!(kai.why().contains("itself refused"), "{}", kai.why());
+        assert!(look_alike(&records, "Kal").is_none());
     }
 
     #[test]

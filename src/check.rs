@@ -255,10 +255,19 @@ fn run_on(
         // or replaced), so they are the cases of the version whose tools they are run against;
         // and read only from inside it.
         let dir = inside.through().join("cases");
+        let shown = inside.shown().join("cases");
         if !dir.is_dir() {
+            // Removed since its tools were read: its cases cannot be, and its tools must not
+            // pass for untested.
+            if inside.is_gone() {
+                report.case_errors.push(error(
+                    &shown,
+                    None,
+                    "the plugin folder was removed after its tools were read, so its cases could not be: read the catalog again".into(),
+                ));
+            }
             continue;
         }
-        let shown = inside.shown().join("cases");
         let found = read_cases(&dir, &shown, Some(inside), served, &mut report.case_errors);
         for (id, mut more) in found {
             plugin_cases.entry(id).or_default().append(&mut more);

@@ -273,8 +273,8 @@ fn open_existing_stopped_store(file: Option<PathBuf>) -> anyhow::Result<SledStor
 fn token_create(file: Option<PathBuf>, role: Role, subject: &str) -> anyhow::Result<()> {
     auth::check_subject(subject).map_err(anyhow::Error::msg)?;
     let store = open_stopped_store(file)?;
-    if let Some(existing) = auth::look_alike(&store.tokens()?, subject) {
-        anyhow::bail!(auth::looks_like(existing));
+    if let Some(alike) = auth::look_alike(&store.tokens()?, subject) {
+        anyhow::bail!(alike.why());
     }
     let (token, record) = auth::issue(role, subject);
     store.put_token(&record)?;

@@ -218,8 +218,8 @@ pub async fn token_create(
     // Under the lock, so two look-alike subjects created at once cannot both pass.
     let _writing = state.token_writes.lock().await;
     let records = state.decisions.store().tokens().map_err(ApiError::from)?;
-    if let Some(existing) = auth::look_alike(&records, &request.subject) {
-        return Err(ApiError::SubjectLooksAlike(auth::looks_like(existing)));
+    if let Some(alike) = auth::look_alike(&records, &request.subject) {
+        return Err(ApiError::SubjectLooksAlike(alike.why()));
     }
     let (token, record) = auth::issue(request.role, &request.subject);
     store_token(&state, &record).await?;

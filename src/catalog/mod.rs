@@ -632,6 +632,12 @@ impl Folder {
         self.handle.proc_path()
     }
 
+    /// Whether the folder held has been removed since it was resolved: no name leads to it.
+    pub(crate) fn is_gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.handle.metadata().map_or(true, |m| m.nlink() == 0)
+    }
+
     pub(crate) fn resolve(folder: &Path) -> Result<Folder, LoadError> {
         confined::Handle::resolve(folder)
             .and_then(|handle| handle.place().map(|_| handle))
@@ -679,7 +685,12 @@ mod confined {
         }
 
         pub(super) fn is_file(&self) -> std::io::Result<bool> {
-            Ok(self.0.metadata()?.is_file())
+            Ok(self.metadata()?.is_file())
+        }
+
+        /// What the handle holds, as `fstat` sees it (an `O_PATH` handle allows that).
+        pub(super) fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+            self.0.metadata()
         }
 
         /// Opens the file the handle holds (not what its path names now) and reads it.

@@ -810,6 +810,18 @@ fn check_runs_the_cases_of_the_plugin_version_whose_tools_it_read() {
         plugin_cases(&check::run_against(root.path(), &served)),
         (1, 0)
     );
+
+    // Removed after the catalog is read: its cases cannot be run, and that is said.
+    let served = load();
+    std::fs::remove_dir_all(&place).unwrap();
+    let report = check::run_against(root.path(), &served);
+    assert_eq!(report.case_errors.len(), 1, "{report}");
+    assert!(
+        report.case_errors[0]
+            .message
+            .contains("removed after its tools were read"),
+        "{report}"
+    );
 }
 
 #[tokio::test]
