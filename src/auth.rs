@@ -260,8 +260,7 @@ fn likeness(subject: &str) -> [String; 2] {
 /// same. Four eyes ask this of the override's author and its approver, so two tokens issued
 /// before look-alikes were refused (below) still cannot approve each other's overrides.
 pub fn same_holder(a: &str, b: &str) -> bool {
-    let (a_look, b_look) = (likeness(a), likeness(b));
-    a == b || a_look.iter().zip(&b_look).any(|(a, b)| a == b)
+    a == b || likeness(a).iter().zip(&likeness(b)).any(|(a, b)| a == b)
 }
 
 /// The tokens on record as today's rules see them: each, oldest first, with why its subject
@@ -338,7 +337,8 @@ impl<'a> Standing<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LookAlike<'a> {
     pub record: &'a TokenRecord,
-    /// Whether its subject is taken, or is itself named at start for looking like another.
+    /// Whether its subject is taken; if not, it is itself refused today (named at start) for
+    /// looking like an older one.
     pub taken: bool,
 }
 
@@ -371,8 +371,8 @@ pub fn look_alike<'a>(records: &'a [TokenRecord], subject: &str) -> Option<LookA
 
 /// The tokens still in use whose subjects would be refused today, oldest first, each with why:
 /// by [`check_subject`], or by [`look_alike`] against the tokens made before it. Made before
-/// today's rules, they are kept (the subject is on record) and worth
-/// reissuing. `serve` logs them at start and `token list` prints them.
+/// today's rules, they are kept (the subject is on record) and worth reissuing. `serve` logs
+/// them at start and `token list` prints them.
 pub fn refused_subjects(records: &[TokenRecord]) -> Vec<(&TokenRecord, String)> {
     Standing::of(records)
         .by_age
@@ -739,8 +739,8 @@ mod tests {
         assert!(refused[0].1.contains("NFKC"), "{}", refused[0].1);
         assert_eq!(refused[1].0, &later);
         assert!(refused[1].1.contains(first.id()), "{}", refused[1].1);
-        // Only the first of a look-alike pair stands in the way of a new token: its holder's
-        // next one is taken, another holder's is not, whichever of the pair is named.
+        // A new token under the first subject of the pair is its holder's next; under either
+        // look-alike it is refused, naming the first, whose subject is taken.
         let alike = |subject: &str| look_alike(&records, subject).map(|a| a.record);
         assert_eq!(alike("sue"), None);
         assert_eq!(alike(&later.subject), Some(&first));

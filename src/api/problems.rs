@@ -263,7 +263,7 @@ impl ProblemType {
                 "The subject looks like another token's",
                 StatusCode::CONFLICT,
                 "The new token's subject looks the same as the subject of a token on record (in use or revoked) without being it: a Cyrillic or Greek letter for a Latin one, \"rn\" for \"m\", \"I\" for \"l\", or another case (Unicode's confusables, UTS #39). Every revision records its actor by subject, and four eyes compare subjects, so a reader of the record could not tell the two holders apart.",
-                "For another token of the same holder, use exactly the subject the detail names. For another holder, choose a subject that reads differently, with a surname or a staff number.",
+                "The detail names the token in the way and what to do. For another token of the same holder, use exactly the subject they already have (unless the detail says it is itself refused). For another holder, choose a subject that reads differently, with a surname or a staff number.",
             ),
             Unavailable => (
                 "unavailable",
