@@ -238,8 +238,7 @@ fn run_on(
     }
     let wanted = |id: &str| only.is_none_or(|only| only == id);
 
-    let core_dir = root.join(CASES_DIR);
-    let core_cases = read_cases(&core_dir, &core_dir, None, &core, &mut report.case_errors);
+    let core_cases = read_cases(&root.join(CASES_DIR), None, &core, &mut report.case_errors);
     for tool in core.tools().filter(|t| wanted(t.id())) {
         let cases = core_cases
             .get(tool.id())
@@ -254,21 +253,20 @@ fn run_on(
         // the plugin from, whatever its path names now (a link to it moved, the folder renamed
         // or replaced), so they are the cases of the version whose tools they are run against;
         // and read only from inside it.
-        let dir = inside.through().join("cases");
-        let shown = inside.shown().join("cases");
-        if !dir.is_dir() {
+        let dir = inside.shown().join("cases");
+        if !inside.reach(&dir).is_dir() {
             // Removed since its tools were read: its cases cannot be, and its tools must not
             // pass for untested.
             if inside.is_gone() {
                 report.case_errors.push(error(
-                    &shown,
+                    &dir,
                     None,
                     "the plugin folder was removed after its tools were read, so its cases could not be: read the catalog again".into(),
                 ));
             }
             continue;
         }
-        let found = read_cases(&dir, &shown, Some(inside), served, &mut report.case_errors);
+        let found = read_cases(&dir, Some(inside), served, &mut report.case_errors);
         for (id, mut more) in found {
             plugin_cases.entry(id).or_default().append(&mut more);
         }
@@ -296,49 +294,50 @@ fn run_on(
     report
 }
 
-/// The cases in `dir`, one folder per tool, by tool id; each named by its path under `shown`
-/// (the same folder as people name it: `dir` may be a path through a folder held open).
+/// The cases in `dir`, one folder per tool, by tool id. With `confine` (a plugin's folder), they
+/// are listed and read through the folder held, and named as `dir` names them.
 fn read_cases(
     dir: &Path,
-    shown: &Path,
     confine: Option<&crate::catalog::Folder>,
     catalog: &Catalog,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Vec<(PathBuf, Case)>> {
     let mut out: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
-    let Ok(tool_dirs) = std::fs::read_dir(dir) else {
+    let reach = |path: &Path| confine.map_or_else(|| path.to_owned(), |f| f.reach(path));
+    let Ok(tool_dirs) = std::fs::read_dir(reach(dir)) else {
         return out;
     };
-    let mut tool_dirs: Vec<PathBuf> = tool_dirs.flatten().map(|e| e.path()).collect();
+    let mut tool_dirs: Vec<PathBuf> = tool_dirs
+        .flatten()
+        .map(|e| dir.join(e.file_name()))
+        .collect();
     tool_dirs.sort();
-    for tool_dir in tool_dirs.into_iter().filter(|p| p.is_dir()) {
+    for tool_dir in tool_dirs.into_iter().filter(|p| reach(p).is_dir()) {
         let id = tool_dir
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        let shown_dir = shown.join(&id);
         if catalog.get(&id).is_none() {
             if !catalog.failed_to_load(&id) {
                 errors.push(error(
-                    &shown_dir,
+                    &tool_dir,
                     None,
                     format!("cases for {id:?}, which is not a tool in the catalog"),
                 ));
             }
             continue;
         }
-        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&tool_dir)
+        let mut files: Vec<PathBuf> = std::fs::read_dir(reach(&tool_dir))
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.file_name())
-            .filter(|n| Path::new(n).extension().and_then(|e| e.to_str()) == Some("json"))
+            .map(|e| tool_dir.join(e.file_name()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
             .collect();
-        names.sort();
-        for name in names {
-            let file = shown_dir.join(&name);
-            let text = match crate::catalog::read_text(&tool_dir.join(&name), confine) {
+        files.sort();
+        for file in files {
+            let text = match crate::catalog::read_text(&file, confine) {
                 Ok(text) => text,
                 Err(message) => {
                     errors.push(error(&file, None, message));

@@ -228,9 +228,17 @@ impl Catalog {
 }
 
 /// The files of `dir` with `extension`, by stem; a missing folder is an empty one.
-fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<String, PathBuf> {
+/// With `confine` (a plugin's folder), the folder is listed through the folder held
+/// ([`Folder::reach`]); the paths returned are named as `dir` names them.
+fn stems(
+    dir: &Path,
+    extension: &str,
+    confine: Option<&Folder>,
+    errors: &mut Vec<LoadError>,
+) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
-    let entries = match std::fs::read_dir(dir) {
+    let listed = confine.map_or_else(|| dir.to_owned(), |folder| folder.reach(dir));
+    let entries = match std::fs::read_dir(listed) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
         Err(e) => {
@@ -239,7 +247,7 @@ fn stems(dir: &Path, extension: &str, errors: &mut Vec<LoadError>) -> BTreeMap<S
         }
     };
     for entry in entries.flatten() {
-        let path = entry.path();
+        let path = dir.join(entry.file_name());
         if path.extension().and_then(|e| e.to_str()) == Some(extension) {
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
                 out.insert(stem.to_owned(), path);
@@ -284,8 +292,8 @@ pub(crate) fn read_tool_dir(
     broken: &mut BTreeSet<String>,
     errors: &mut Vec<LoadError>,
 ) -> BTreeMap<String, Parts> {
-    let schemas = stems(schema_dir, "json", errors);
-    let rules = stems(rules_dir, "rhai", errors);
+    let schemas = stems(schema_dir, "json", confine, errors);
+    let rules = stems(rules_dir, "rhai", confine, errors);
     let mut out = BTreeMap::new();
     for (stem, schema_path) in &schemas {
         let Some(rules_path) = rules.get(stem) else {
@@ -586,7 +594,16 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
     let Some(folder) = confine else {
         return std::fs::read_to_string(path).map_err(cannot);
     };
-    let handle = confined::Handle::resolve(path).map_err(cannot)?;
+    let handle = confined::Handle::resolve(&folder.reach(path)).map_err(|e| {
+        if folder.is_gone() {
+            format!(
+                "cannot read the file: the plugin folder {} was removed or replaced while the catalog was read; read it again",
+                folder.shown.display()
+            )
+        } else {
+            cannot(e)
+        }
+    })?;
     let inside = folder
         .handle
         .place()
@@ -607,11 +624,11 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
     handle.read_to_string().map_err(cannot)
 }
 
-/// A plugin's folder, resolved once for all of the plugin's files and held: each file's place
-/// is compared with the place of the folder held, both named by the kernel (`/proc/self/fd`),
-/// not with another spelling of them, and files can be read through the folder held
-/// ([`Folder::through`]) whatever its path names later (a link to it moved, the folder itself
-/// renamed or replaced).
+/// A plugin's folder, resolved once for all of the plugin's files and held: its files are
+/// listed and read through the folder held ([`Folder::reach`]), whatever its path names later
+/// (a link to it moved, the folder itself renamed or replaced), and each file's place is
+/// compared with the place of the folder held, both named by the kernel (`/proc/self/fd`), not
+/// with another spelling of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Folder {
     /// As the catalog names it, for messages.
@@ -626,10 +643,14 @@ impl Folder {
         &self.shown
     }
 
-    /// A path to the folder held (`/proc/self/fd/N`), through which its files are found as they
-    /// are in it, wherever it is now.
-    pub(crate) fn through(&self) -> PathBuf {
-        self.handle.proc_path()
+    /// Where `path`, named under the folder as the catalog names it, is found in the folder
+    /// held: through `/proc/self/fd/N`, so as it is in that folder, wherever the folder is now
+    /// and wherever its name leads since. A path not under the folder is left as it is.
+    pub(crate) fn reach(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.shown) {
+            Ok(rest) => self.handle.proc_path().join(rest),
+            Err(_) => path.to_owned(),
+        }
     }
 
     /// Whether the folder held has been removed since it was resolved: no name leads to it.
@@ -916,13 +937,30 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let inside = Folder::resolve(&link).unwrap();
 
-        // The link now leads elsewhere: a file through it is not in the folder resolved.
+        // The link now leads elsewhere: its files are still read and listed from the folder
+        // resolved, under the names the catalog gives them.
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&other, &link).unwrap();
+        std::fs::write(other.join("plugin.toml"), "name = \"other\"").unwrap();
+        std::fs::create_dir(real.join("rules")).unwrap();
+        std::fs::write(real.join("rules/own.rhai"), "").unwrap();
+        std::fs::create_dir(other.join("rules")).unwrap();
+        std::fs::write(other.join("rules/theirs.rhai"), "").unwrap();
 
-        assert!(read_text(&real.join("plugin.toml"), Some(&inside)).is_ok());
-        let moved = read_text(&link.join("plugin.toml"), Some(&inside)).unwrap_err();
-        assert!(moved.contains("outside the plugin folder"), "{moved}");
+        assert_eq!(
+            read_text(&link.join("plugin.toml"), Some(&inside)).unwrap(),
+            "name = \"x\""
+        );
+        let mut errors = Vec::new();
+        let listed = stems(&link.join("rules"), "rhai", Some(&inside), &mut errors);
+        assert_eq!(listed.keys().collect::<Vec<_>>(), ["own"], "{errors:?}");
+        assert_eq!(listed["own"], link.join("rules/own.rhai"));
+        // A file reached by another name than the folder's is judged where it is.
+        let elsewhere = read_text(&other.join("plugin.toml"), Some(&inside)).unwrap_err();
+        assert!(
+            elsewhere.contains("outside the plugin folder"),
+            "{elsewhere}"
+        );
     }
 
     #[test]
