@@ -254,21 +254,20 @@ fn run_on(
         // or replaced), so they are the cases of the version whose tools they are run against;
         // and read only from inside it.
         let dir = inside.shown().join("cases");
-        if !inside.reach(&dir).is_dir() {
-            // Removed since its tools were read: its cases cannot be, and its tools must not
-            // pass for untested.
-            if inside.is_gone() {
-                report.case_errors.push(error(
-                    &dir,
-                    None,
-                    "the plugin folder was removed after its tools were read, so its cases could not be: read the catalog again".into(),
-                ));
+        if inside.reach(&dir).is_dir() {
+            let found = read_cases(&dir, Some(inside), served, &mut report.case_errors);
+            for (id, mut more) in found {
+                plugin_cases.entry(id).or_default().append(&mut more);
             }
-            continue;
         }
-        let found = read_cases(&dir, Some(inside), served, &mut report.case_errors);
-        for (id, mut more) in found {
-            plugin_cases.entry(id).or_default().append(&mut more);
+        // Removed since its tools were read (before its cases were, or while): its cases could
+        // not all be read, and its tools must not pass for untested.
+        if inside.is_gone() {
+            report.case_errors.push(error(
+                &dir,
+                None,
+                "the plugin folder was removed after its tools were read, so its cases could not be: read the catalog again".into(),
+            ));
         }
     }
     for tool in served.tools().filter(|t| wanted(t.id())) {
@@ -304,8 +303,13 @@ fn read_cases(
 ) -> BTreeMap<String, Vec<(PathBuf, Case)>> {
     let mut out: BTreeMap<String, Vec<(PathBuf, Case)>> = BTreeMap::new();
     let reach = |path: &Path| confine.map_or_else(|| path.to_owned(), |f| f.reach(path));
-    let Ok(tool_dirs) = std::fs::read_dir(reach(dir)) else {
-        return out;
+    let tool_dirs = match std::fs::read_dir(reach(dir)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            errors.push(error(dir, None, format!("cannot read the folder: {e}")));
+            return out;
+        }
     };
     let mut tool_dirs: Vec<PathBuf> = tool_dirs
         .flatten()
@@ -328,9 +332,18 @@ fn read_cases(
             }
             continue;
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(reach(&tool_dir))
-            .into_iter()
-            .flatten()
+        let listed = match std::fs::read_dir(reach(&tool_dir)) {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(error(
+                    &tool_dir,
+                    None,
+                    format!("cannot read the folder: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut files: Vec<PathBuf> = listed
             .flatten()
             .map(|e| tool_dir.join(e.file_name()))
             .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))

@@ -240,7 +240,11 @@ fn stems(
     let listed = confine.map_or_else(|| dir.to_owned(), |folder| folder.reach(dir));
     let entries = match std::fs::read_dir(listed) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Not there, or gone with the whole folder: only the second is an error.
+            errors.extend(confine.and_then(|folder| folder.gone_error(dir)));
+            return out;
+        }
         Err(e) => {
             errors.push(LoadError::new(dir, format!("cannot read the folder: {e}")));
             return out;
@@ -595,14 +599,9 @@ pub(crate) fn read_text(path: &Path, confine: Option<&Folder>) -> Result<String,
         return std::fs::read_to_string(path).map_err(cannot);
     };
     let handle = confined::Handle::resolve(&folder.reach(path)).map_err(|e| {
-        if folder.is_gone() {
-            format!(
-                "cannot read the file: the plugin folder {} was removed or replaced while the catalog was read; read it again",
-                folder.shown.display()
-            )
-        } else {
-            cannot(e)
-        }
+        folder
+            .gone_error(path)
+            .map_or_else(|| cannot(e), |gone| gone.message)
     })?;
     let inside = folder
         .handle
@@ -649,8 +648,24 @@ impl Folder {
     pub(crate) fn reach(&self, path: &Path) -> PathBuf {
         match path.strip_prefix(&self.shown) {
             Ok(rest) => self.handle.proc_path().join(rest),
+            // Not built on the folder's name (every path the loader reads is): found by that
+            // path, and still judged by where it is (`read_text`).
             Err(_) => path.to_owned(),
         }
+    }
+
+    /// The error for a file or folder of the plugin not found because the folder held was
+    /// removed (or replaced) while the catalog was read, if that is why.
+    pub(crate) fn gone_error(&self, path: &Path) -> Option<LoadError> {
+        self.is_gone().then(|| {
+            LoadError::new(
+                path,
+                format!(
+                    "the plugin folder {} was removed or replaced while the catalog was read; read it again",
+                    self.shown.display()
+                ),
+            )
+        })
     }
 
     /// Whether the folder held has been removed since it was resolved: no name leads to it.
@@ -960,6 +975,18 @@ mod tests {
         assert!(
             elsewhere.contains("outside the plugin folder"),
             "{elsewhere}"
+        );
+
+        // The folder resolved, removed: reading or listing it says so.
+        std::fs::remove_dir_all(&real).unwrap();
+        let gone = read_text(&link.join("plugin.toml"), Some(&inside)).unwrap_err();
+        assert!(gone.contains("removed or replaced"), "{gone}");
+        let mut errors = Vec::new();
+        assert!(stems(&link.join("rules"), "rhai", Some(&inside), &mut errors).is_empty());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("removed or replaced"),
+            "{errors:?}"
         );
     }
 
