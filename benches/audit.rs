@@ -60,7 +60,8 @@ fn fill() -> Filled {
     // Partial, as in the evaluate bench: a tool elsewhere in the catalog that does not load
     // should not stop this benchmark. Nothing here is ever served.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (catalog, errors) = Catalog::load_partial_with(root, Limits::default(), false);
+    let (served, errors) = Catalog::load_partial(root, Limits::default());
+    let catalog = served.core_only();
     if catalog.get(TOOL).is_none() {
         panic!("{TOOL} did not load: {errors:#?}");
     }

@@ -45,7 +45,8 @@ fn evaluate(c: &mut Criterion) {
     // Partial: a tool elsewhere in the catalog that does not load (one being written, say)
     // should not stop the benchmark of this one. Nothing here is ever served.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (catalog, errors) = Catalog::load_partial_with(root, Limits::default(), false);
+    let (served, errors) = Catalog::load_partial(root, Limits::default());
+    let catalog = served.core_only();
     let Some(tool) = catalog.get(TOOL) else {
         panic!("{TOOL} did not load: {errors:#?}");
     };
@@ -85,7 +86,7 @@ fn evaluate(c: &mut Criterion) {
 /// Every core tool on the first of its cases that decides: `evaluate` end to end.
 fn every_tool(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (catalog, _) = Catalog::load_partial_with(root, Limits::default(), false);
+    let catalog = Catalog::load_partial(root, Limits::default()).0.core_only();
     let mut group = c.benchmark_group("tools");
     for tool in catalog.tools() {
         let dir = root.join("tests/cases").join(tool.id());

@@ -228,7 +228,7 @@ fn run_on(
         case_errors: Vec::new(),
         tools: Vec::new(),
     };
-    let (core, _) = Catalog::load_partial_with(root, Limits::default(), false);
+    let core = served.core_only();
     if let Some(id) = only {
         if served.get(id).is_none() && !served.failed_to_load(id) {
             let known = served.tools().map(|t| t.id().to_owned()).collect();

@@ -90,6 +90,10 @@ pub struct Catalog {
     /// Each plugin's folder as it was resolved to read the plugin, in name order: `check` reads
     /// the plugin's cases from the same place, not from wherever its path leads later.
     plugin_folders: Vec<Folder>,
+    /// The core tools as shipped, by id (the served tool itself where no plugin changed it).
+    core: BTreeMap<String, Arc<Tool>>,
+    /// Core ids whose files exist but did not load as shipped.
+    core_broken: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -112,18 +116,10 @@ impl Catalog {
     /// Loads every tool that loads cleanly and reports every problem with the rest: for `check`,
     /// which should still run the cases of the tools that are fine. Never serve such a catalog.
     ///
-    /// Core tools load first; plugins then apply in name order, each whole or not at all.
+    /// Core tools load first; plugins then apply in name order, each whole or not at all. The
+    /// core tools as shipped are kept beside what is served ([`Catalog::core_only`]), built
+    /// from the same reading of the files.
     pub fn load_partial(root: &Path, limits: Limits) -> (Catalog, Vec<LoadError>) {
-        Self::load_partial_with(root, limits, true)
-    }
-
-    /// As [`Catalog::load_partial`], with or without the plugins: `check` runs core cases
-    /// against the core tools as shipped.
-    pub fn load_partial_with(
-        root: &Path,
-        limits: Limits,
-        plugins: bool,
-    ) -> (Catalog, Vec<LoadError>) {
         let mut errors = Vec::new();
         let schema_dir = root.join(SCHEMA_DIR);
         let rules_dir = root.join(RULES_DIR);
@@ -143,11 +139,16 @@ impl Catalog {
             .iter()
             .map(|(id, parts)| (id.clone(), parts.rules_source.clone()))
             .collect();
-        let plugin_folders = if plugins {
-            plugin::apply_all(root, &mut working, &core_sources, &mut broken, &mut errors)
-        } else {
-            Vec::new()
-        };
+        let core_parts = working.clone();
+        let mut core_broken = broken.clone();
+        let plugin_folders =
+            plugin::apply_all(root, &mut working, &core_sources, &mut broken, &mut errors);
+        // The core tools a plugin changed, or left unbuilt: their core versions are built too.
+        let changed: BTreeSet<String> = core_parts
+            .keys()
+            .filter(|id| working.get(*id).is_none_or(|p| !p.plugin_chain.is_empty()))
+            .cloned()
+            .collect();
 
         let plain = Arc::new(Sandbox::new(limits));
         let with_core = OnceCell::new();
@@ -171,6 +172,25 @@ impl Catalog {
                 }
             }
         }
+        let mut core = BTreeMap::new();
+        for (id, parts) in core_parts {
+            if !changed.contains(&id) {
+                if let Some(tool) = tools.get(&id) {
+                    core.insert(id, Arc::clone(tool));
+                }
+                continue;
+            }
+            // Its problems, if any, are the core files' own: reported above when read, or
+            // reached by the core cases as a tool that did not load.
+            match build(parts, &plain) {
+                Ok(tool) => {
+                    core.insert(id, Arc::new(tool));
+                }
+                Err(_) => {
+                    core_broken.insert(id);
+                }
+            }
+        }
         if tools.is_empty() && broken.is_empty() && errors.is_empty() {
             // Most often the wrong folder (a mistyped tools_dir, or a command run elsewhere):
             // serving, or passing `check`, with no tool at all is never what was meant.
@@ -185,8 +205,24 @@ impl Catalog {
             broken,
             root: root.to_owned(),
             plugin_folders,
+            core,
+            core_broken,
         };
         (catalog, errors)
+    }
+
+    /// The core tools as shipped, from the same reading of the files as what is served: what
+    /// `check` runs the core cases against.
+    pub fn core_only(&self) -> Catalog {
+        Catalog {
+            tools: self.core.clone(),
+            core_sources: self.core_sources.clone(),
+            broken: self.core_broken.clone(),
+            root: self.root.clone(),
+            plugin_folders: Vec::new(),
+            core: self.core.clone(),
+            core_broken: self.core_broken.clone(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Tool>> {

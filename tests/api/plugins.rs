@@ -824,6 +824,37 @@ fn check_runs_the_cases_of_the_plugin_version_whose_tools_it_read() {
     );
 }
 
+#[test]
+fn check_runs_the_core_cases_against_the_core_tools_the_catalog_read() {
+    // A plugin changes harm-analysis, so its core version is built beside the served one.
+    let root = recalibrated(7);
+    let (served, errors) = Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    let core_failures = |report: &check::Report| {
+        let core = report.tool(TOOL).expect("the core version is reported");
+        (core.cases.len(), core.failed())
+    };
+    let (cases, failed) = core_failures(&check::run_against(root.path(), &served));
+    assert!(cases > 0);
+    assert_eq!(failed, 0);
+
+    // The core rules change on disk after the catalog read them.
+    std::fs::write(
+        root.path().join("rules").join(format!("{TOOL}.rhai")),
+        "fn decide(form, params) { throw \"changed\"; }",
+    )
+    .unwrap();
+
+    // The core cases still run against the core the catalog read, not against a second reading.
+    assert_eq!(
+        core_failures(&check::run_against(root.path(), &served)),
+        (cases, 0)
+    );
+    // Read afresh, the changed rules fail every case that expects a decision.
+    let (_, failed) = core_failures(&check::run(root.path(), Some(TOOL)));
+    assert!(failed > 0);
+}
+
 #[tokio::test]
 async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps_serving() {
     let root = recalibrated(7);
