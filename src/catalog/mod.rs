@@ -175,8 +175,12 @@ impl Catalog {
         let mut core = BTreeMap::new();
         for (id, parts) in core_parts {
             if !changed.contains(&id) {
+                // Unchanged: the served tool is the core one; one that did not build is broken
+                // as shipped.
                 if let Some(tool) = tools.get(&id) {
                     core.insert(id, Arc::clone(tool));
+                } else {
+                    core_broken.insert(id);
                 }
                 continue;
             }

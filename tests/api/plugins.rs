@@ -855,6 +855,30 @@ fn check_runs_the_core_cases_against_the_core_tools_the_catalog_read() {
     assert!(failed > 0);
 }
 
+#[test]
+fn check_names_a_core_tool_that_does_not_build_once_and_skips_its_cases() {
+    let root = catalog_copy(false);
+    std::fs::write(
+        root.path().join("rules").join(format!("{TOOL}.rhai")),
+        "fn decide(form, params) { let = ; }",
+    )
+    .unwrap();
+
+    let report = check::run(root.path(), None);
+
+    assert!(!report.passed(), "{report}");
+    assert!(
+        report
+            .load_errors
+            .iter()
+            .any(|e| e.file.ends_with(format!("rules/{TOOL}.rhai"))),
+        "{report}"
+    );
+    // Its cases are not read as cases of a tool the catalog does not have.
+    assert!(report.case_errors.is_empty(), "{report}");
+    assert!(report.tool(TOOL).is_none(), "{report}");
+}
+
 #[tokio::test]
 async fn a_reload_whose_own_cases_fail_is_refused_and_the_catalog_in_force_keeps_serving() {
     let root = recalibrated(7);
