@@ -143,7 +143,7 @@ impl Report {
 
     /// The report of the core version of `id`.
     pub fn tool(&self, id: &str) -> Option<&ToolReport> {
-        self.tools.iter().find(|t| t.id == id && t.source == "core")
+        self.tool_from(id, "core")
     }
 
     /// The report of `id` as `source` (`core` or `plugin:<name>`) serves it.
@@ -262,13 +262,7 @@ fn run_on(
         }
         // Removed since its tools were read (before its cases were, or while): its cases could
         // not all be read, and its tools must not pass for untested.
-        if inside.is_gone() {
-            report.case_errors.push(error(
-                &dir,
-                None,
-                "the plugin folder was removed after its tools were read, so its cases could not be: read the catalog again".into(),
-            ));
-        }
+        report.case_errors.extend(inside.gone_error(&dir));
     }
     for tool in served.tools().filter(|t| wanted(t.id())) {
         if tool.source == ToolSource::Core {

@@ -709,7 +709,7 @@ impl Folder {
     }
 
     /// Whether the folder held has been removed since it was resolved: no name leads to it.
-    pub(crate) fn is_gone(&self) -> bool {
+    fn is_gone(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         self.handle.metadata().map_or(true, |m| m.nlink() == 0)
     }

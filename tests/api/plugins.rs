@@ -766,18 +766,10 @@ fn check_runs_the_cases_of_the_plugin_version_whose_tools_it_read() {
         .unwrap();
     }
     let plugin_cases = |report: &check::Report| {
-        let version = report
-            .tool_from(TOOL, &format!("plugin:{PLUGIN}"))
-            .expect("the plugin's version is reported");
         assert!(report.case_errors.is_empty(), "{report}");
-        (version.cases.len(), version.failed())
+        cases_run(report, &format!("plugin:{PLUGIN}"))
     };
-    let load = || {
-        let (served, errors) =
-            Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
-        assert!(errors.is_empty(), "{errors:?}");
-        served
-    };
+    let load = || read_whole(root.path());
     let place = root.path().join("plugins").join(PLUGIN);
 
     // Reached through a link, which moves to the second version after the catalog is read.
@@ -819,21 +811,33 @@ fn check_runs_the_cases_of_the_plugin_version_whose_tools_it_read() {
     assert!(
         report.case_errors[0]
             .message
-            .contains("removed after its tools were read"),
+            .contains("removed or replaced while the catalog was read"),
         "{report}"
     );
+}
+
+/// The catalog under `root`, read as a reload reads it; it must load without a problem.
+fn read_whole(root: &Path) -> Catalog {
+    let (catalog, errors) = Catalog::load_partial(root, safeguard::rules::Limits::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    catalog
+}
+
+/// How many cases `check` ran against the version of harm-analysis from `source` (`core` or
+/// `plugin:<name>`), and how many of them failed.
+fn cases_run(report: &check::Report, source: &str) -> (usize, usize) {
+    let version = report
+        .tool_from(TOOL, source)
+        .unwrap_or_else(|| panic!("no {source} version of {TOOL} in {report}"));
+    (version.cases.len(), version.failed())
 }
 
 #[test]
 fn check_runs_the_core_cases_against_the_core_tools_the_catalog_read() {
     // A plugin changes harm-analysis, so its core version is built beside the served one.
     let root = recalibrated(7);
-    let (served, errors) = Catalog::load_partial(root.path(), safeguard::rules::Limits::default());
-    assert!(errors.is_empty(), "{errors:?}");
-    let core_failures = |report: &check::Report| {
-        let core = report.tool(TOOL).expect("the core version is reported");
-        (core.cases.len(), core.failed())
-    };
+    let served = read_whole(root.path());
+    let core_failures = |report: &check::Report| cases_run(report, "core");
     let (cases, failed) = core_failures(&check::run_against(root.path(), &served));
     assert!(cases > 0);
     assert_eq!(failed, 0);
